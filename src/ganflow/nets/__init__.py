@@ -1,0 +1,120 @@
+"""Generators and discriminators, registered by architecture name.
+
+A builder takes a NetConfig and returns (G, D):
+  G(z: N×z_dim [, y: N]) -> N×C×H×W in [-1, 1]
+  D(x: N×C×H×W [, y: N]) -> N logits
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ganflow.registry import Registry
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    resolution: int  # 28 | 32 | 64
+    channels: int  # 1 | 3
+    z_dim: int
+    width: int  # base channel width
+    d_norm: str = "spectral"  # D's normalisation: spectral | batch | none
+    n_classes: int = 0  # > 0: class-conditional G and D
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+ARCHS: Registry[Callable[[NetConfig], tuple[nn.Module, nn.Module]]] = Registry("architecture")
+
+
+def build(arch: str, cfg: NetConfig) -> tuple[nn.Module, nn.Module]:
+    return ARCHS.get(arch)(cfg)
+
+
+def d_norms(cfg: NetConfig) -> tuple[bool, bool]:
+    """(spectral norm on D's layers?, batch norm in D's hidden layers?) from cfg.d_norm."""
+    if cfg.d_norm not in ("spectral", "batch", "none"):
+        raise ValueError(f"d_norm must be spectral, batch or none, got {cfg.d_norm!r}")
+    return cfg.d_norm == "spectral", cfg.d_norm == "batch"
+
+
+def sn(module: nn.Module, enabled: bool) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(module) if enabled else module
+
+
+def check_shape(x: torch.Tensor, shape: list[int | None], what: str) -> None:
+    """Raise if `x` is not of `shape` (None matches any size)."""
+    if x.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+        want = "×".join("N" if s is None else str(s) for s in shape)
+        raise ValueError(f"{what}: expected {want}, got {'×'.join(map(str, x.shape))}")
+
+
+class CondBatchNorm(nn.Module):
+    """Batch norm whose scale and shift come from the class (conditional BN, de Vries et al. 2017);
+    plain affine batch norm when n_classes is 0. Works on N×C and N×C×H×W."""
+
+    def __init__(self, features: int, n_classes: int):
+        super().__init__()
+        self.n_classes = n_classes
+        self.bn = nn.BatchNorm2d(features, affine=n_classes == 0)
+        if n_classes:
+            self.embed = nn.Embedding(n_classes, 2 * features)
+            nn.init.ones_(self.embed.weight[:, :features])
+            nn.init.zeros_(self.embed.weight[:, features:])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        flat = x.dim() == 2
+        h = self.bn(x[:, :, None, None] if flat else x)
+        if self.n_classes:
+            if y is None:
+                raise ValueError("a class-conditional generator needs class labels y")
+            gamma, beta = self.embed(y)[:, :, None, None].chunk(2, 1)
+            h = gamma * h + beta
+        return h.flatten(1) if flat else h
+
+
+class Projection(nn.Module):
+    """Projection discriminator head (Miyato & Koyama 2018): linear(h) + <embed(y), h>."""
+
+    def __init__(self, features: int, n_classes: int, spectral_norm: bool):
+        super().__init__()
+        self.linear = sn(nn.Linear(features, 1), spectral_norm)
+        self.embed = sn(nn.Embedding(n_classes, features), spectral_norm) if n_classes else None
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.linear(h).squeeze(1)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("a class-conditional discriminator needs class labels y")
+            out = out + (self.embed(y) * h).sum(1)
+        return out
+
+
+class SingleInput(nn.Module):
+    """The generator behind one tensor, as MLflow serves it: N×z_dim latents, plus for a
+    class-conditional generator a last column holding the class index."""
+
+    def __init__(self, G: nn.Module):
+        super().__init__()
+        self.G = G
+
+    def forward(self, zy: torch.Tensor) -> torch.Tensor:
+        if self.G.cfg.n_classes:
+            return self.G(zy[:, :-1], zy[:, -1].long())
+        return self.G(zy)
+
+
+def up_plan(resolution: int) -> tuple[int, int]:
+    """(base side, number of ×2 upsamplings) so that base·2^k == resolution."""
+    plans = {28: (7, 2), 32: (4, 3), 64: (4, 4)}
+    if resolution not in plans:
+        raise ValueError(f"resolution must be one of {sorted(plans)}, got {resolution}")
+    return plans[resolution]
+
+
+from ganflow.nets import dcgan, seed, sngan  # noqa: E402,F401  (registers the architectures)

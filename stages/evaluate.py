@@ -1,0 +1,56 @@
+"""Stage evaluate: FID / IS / KID / precision / recall of the samples against the prepared data,
+in the classifier's feature space and, when weights can be had, in Inception-v3's."""
+
+import argparse
+
+import numpy as np
+
+from ganflow import data, evaluator, metrics
+from ganflow.cli import stage
+from ganflow.config import flatten, load_params
+from ganflow.io import write_json
+from ganflow.sampling import read_samples
+from ganflow.tracking import Tracker, read_handle
+from ganflow.training import select_device
+
+
+@stage
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("samples")
+    ap.add_argument("prepared")
+    ap.add_argument("evaluator")
+    ap.add_argument("run_handle", help="models/run.json from train: the MLflow run to log into")
+    ap.add_argument("out", help="output: metrics JSON")
+    a = ap.parse_args(argv)
+    params = load_params(a.params)
+    cfg = params.evaluate
+
+    tracker = Tracker(params.tracking)
+    inception = metrics.resolve_inception_weights(cfg)  # fails here when inception is on and none can be had
+    ds, meta = data.load_prepared(a.prepared)
+    samples = read_samples(a.samples)
+    device = select_device(params.train.device)
+
+    results = {metrics.KEY_N_SAMPLES: len(samples), metrics.KEY_N_REAL: len(ds.images)}
+    results |= metrics.fidelity(samples, ds.images, "classifier", a.evaluator, cfg, device)
+    if inception is not None:
+        results |= metrics.fidelity(samples, ds.images, "inception", inception, cfg, device)
+    if meta["labelled"]:
+        model, _ = evaluator.load(a.evaluator)
+        real_hist = np.asarray(meta["class_counts"]) / meta["count"]
+        results |= metrics.class_stats(evaluator.predict(model, samples), real_hist)
+    write_json(a.out, results)
+
+    run_id = read_handle(a.run_handle)
+    if run_id:
+        tracker.start(run_id=run_id)
+        tracker.log_params({k: v for k, v in flatten(params).items() if k.split(".")[0] in ("sample", "evaluate")})
+        tracker.log_metrics(results)
+        tracker.end()
+    print("  ".join(f"{k}={v:.4g}" for k, v in results.items()))
+
+
+if __name__ == "__main__":
+    main()

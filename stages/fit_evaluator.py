@@ -1,0 +1,29 @@
+"""Stage fit_evaluator: train the classifier whose feature space scores the samples."""
+
+import argparse
+
+from ganflow import data, evaluator
+from ganflow.cli import stage
+from ganflow.config import load_params
+from ganflow.io import write_json
+
+
+@stage
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("prepared")
+    ap.add_argument("model", help="output: the classifier (evaluator.pt)")
+    ap.add_argument("metrics", help="output: its held-out accuracy (JSON)")
+    a = ap.parse_args(argv)
+    params = load_params(a.params)
+
+    ds, meta = data.load_prepared(a.prepared)
+    model, acc = evaluator.fit(ds.images, ds.labels, len(ds.classes), params.evaluator, params.seed)
+    evaluator.save(model, a.model, acc, meta["sha256"], meta["shape"][-1])
+    write_json(a.metrics, {"evaluator_accuracy": acc, "evaluator_holdout": round(len(ds.images) * params.evaluator.holdout)})
+    print(f"evaluator held-out accuracy {acc:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Stage sample: N PNGs from the generator; image i depends on (sample.seed, i) only."""
+
+import argparse
+
+from ganflow.checkpoint import load_generator
+from ganflow.cli import stage
+from ganflow.config import load_params
+from ganflow.io import save_grid
+from ganflow.sampling import class_grid, write_samples
+from ganflow.training import select_device
+
+
+@stage
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("generator", help="the last generator")
+    ap.add_argument("generator_best", help="the best generator by FID during training")
+    ap.add_argument("out", help="output folder of PNGs")
+    ap.add_argument("grid", help="output: a grid of samples (conditional G: one row per class)")
+    a = ap.parse_args(argv)
+    params = load_params(a.params)
+    cfg = params.sample
+
+    device = select_device(params.train.device)
+    G, info = load_generator(a.generator_best if cfg.checkpoint == "best" else a.generator, device)
+    ms = write_samples(G, a.out, cfg.n, cfg.seed, cfg.batch_size, device, cfg.classes)
+    save_grid(class_grid(G, cfg.seed, device, cfg.classes), a.grid, nrow=10)
+    print(f"wrote {cfg.n} samples of the {cfg.checkpoint} generator (step {info['step']}) to {a.out} ({ms:.2f} s per 1,000 images)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Stage train: the GAN on the prepared data, resuming from models/checkpoint.pt when it matches."""
+
+import argparse
+import logging
+from pathlib import Path
+
+from ganflow import data, metrics
+from ganflow.cli import stage
+from ganflow.config import flatten, load_params
+from ganflow.tracking import TAG_RESUMED_FROM, TAG_RESUMED_STEP, Tracker
+from ganflow.training import Hooks, Trainer, TrainPaths
+
+log = logging.getLogger("ganflow.train")
+
+
+@stage
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("prepared")
+    ap.add_argument("evaluator", help="the classifier that scores G during training")
+    ap.add_argument("generator", type=Path)
+    ap.add_argument("generator_best", type=Path)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("run_handle", type=Path, help="output: the MLflow run id, for later stages")
+    ap.add_argument("log_tsv", type=Path)
+    ap.add_argument("fid_tsv", type=Path)
+    ap.add_argument("grid", type=Path)
+    a = ap.parse_args(argv)
+    params = load_params(a.params)
+
+    tracker = Tracker(params.tracking)  # fails fast on an unreachable server
+    ds, meta = data.load_prepared(a.prepared)
+    trainer = Trainer(params, ds, meta["sha256"])
+    log.info(trainer.try_resume(a.checkpoint))
+
+    tracker.start()
+    tracker.log_params(flatten(params))
+    tracker.log_artifact(a.params)
+    if trainer.resumed:
+        # the interrupted attempt's run is closed as KILLED; this run links to it
+        previous = trainer.resumed.get("run_id")
+        if previous:
+            tracker.mark(previous, "KILLED")
+        tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed["step"])})
+    trainer.extra["run_id"] = tracker.run_id
+    scorer = metrics.TrainingFID(
+        ds.images, meta["sha256"], a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
+    )
+    paths = TrainPaths(a.generator, a.checkpoint, a.log_tsv, a.grid, a.generator_best, a.fid_tsv)
+    hooks = Hooks(
+        on_metrics=tracker.log_metrics,
+        on_grid=lambda g, step: tracker.log_image(g, "train_grid", step),
+    )
+    try:
+        summary = trainer.run(paths, hooks, scorer=scorer)
+        tracker.log_metrics(summary)
+        tracker.log_model(*trainer.export_generator())
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.write_handle(a.run_handle)
+    tracker.end()
+    print(f"trained {params.train.arch}/{params.train.loss} to step {trainer.state.step}: {summary['train_img_per_s']:.0f} img/s")
+
+
+if __name__ == "__main__":
+    main()

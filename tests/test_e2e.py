@@ -1,0 +1,130 @@
+"""One real `dvc repro` of the whole pipeline on tiny params, in a temp git repo, with real MLflow."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def sh(*cmd, cwd, env, check=True):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and r.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("proj")
+    for name in ("src", "stages"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / "dvc.yaml", root)
+    shutil.copy(ROOT / ".gitignore", root)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default: <root>/mlflow.db
+    env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "TORCH_HOME": str(root / ".torch"),
+            "DVC_NO_ANALYTICS": "1"}
+    sh("git", "init", "-q", cwd=root, env=env)
+    sh(sys.executable, "-m", "dvc", "init", "-q", cwd=root, env=env)
+    sh("git", "add", "-A", cwd=root, env=env)
+    sh("git", "commit", "-qm", "tiny project", cwd=root, env=env)
+    first = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    return root, env, first
+
+
+def mlflow_runs(root):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["ganflow"], output_format="list", order_by=["start_time ASC"])
+
+
+def test_every_output_is_there(project):
+    root, _, _ = project
+    meta = json.loads((root / "data/prepared/meta.json").read_text())
+    assert meta["count"] == 5000 and meta["shape"] == [1, 28, 28] and len(meta["sha256"]) == 64
+    assert json.loads((root / "metrics/evaluator.json").read_text())["evaluator_accuracy"] > 0.5
+    for png in ("real_grid", "train_grid", "sample_grid"):
+        assert (root / f"metrics/{png}.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((root / "samples").glob("*.png"))) == TINY["sample"]["n"]
+    assert len((root / "metrics/train_log.tsv").read_text().splitlines()) == 1 + 20 // 5
+    ev = json.loads((root / "metrics/eval.json").read_text())
+    assert {"fid_classifier", "is_classifier", "kid_classifier", "precision_classifier", "recall_classifier",
+            "class_coverage", "class_kl", "n_samples"} <= set(ev)
+    assert ev["n_samples"] == TINY["sample"]["n"]
+    import torch
+
+    for f in ("generator.pt", "checkpoint.pt", "evaluator.pt"):
+        assert isinstance(torch.load(root / "models" / f, weights_only=True), dict)
+
+
+def test_second_repro_is_a_no_op_and_metrics_show(project):
+    root, env, _ = project
+    before = (root / "models/generator.pt").stat().st_mtime_ns
+    again = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    assert "Data and pipelines are up to date" in again.stdout
+    assert (root / "models/generator.pt").stat().st_mtime_ns == before
+    shown = json.loads(sh(sys.executable, "-m", "dvc", "metrics", "show", "--json", cwd=root, env=env).stdout)
+    flat = json.dumps(shown)
+    assert '"fid_classifier"' in flat and '"evaluator_accuracy"' in flat
+
+
+def test_mlflow_run_holds_params_losses_grids_model_and_scores(project):
+    root, _, _ = project
+    from mlflow import MlflowClient
+
+    runs = mlflow_runs(root)
+    assert len(runs) == 1
+    run = runs[0]
+    client = MlflowClient()
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.arch"] == "dcgan" and run.data.params["train.steps"] == "20"
+    assert run.data.params["seed"] == "0" and "evaluate.inception" in run.data.params
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == head
+    losses = client.get_metric_history(run.info.run_id, "loss_D")
+    assert [m.step for m in losses] == [5, 10, 15, 20]
+    eval_json = json.loads((root / "metrics/eval.json").read_text())
+    assert run.data.metrics["fid_classifier"] == pytest.approx(eval_json["fid_classifier"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "params.yaml" in artifacts and "images" in artifacts
+    assert [m.name for m in client.search_logged_models(experiment_ids=[run.info.experiment_id])] == ["generator"]
+    versions = client.search_model_versions("name='ganflow-generator'")
+    assert len(versions) == 1 and versions[0].run_id == run.info.run_id
+    assert json.loads((root / "models/run.json").read_text())["run_id"] == run.info.run_id
+
+
+def test_changed_eval_params_rerun_evaluate_only_into_the_same_run(project):
+    root, env, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["kid_subset_size"] = 40
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    assert "Running stage 'evaluate'" in out.stdout and "Running stage 'train'" not in out.stdout
+    runs = mlflow_runs(root)
+    assert len(runs) == 1 and runs[0].data.tags["param_override.evaluate.kid_subset_size"] == "40"
+    sh("git", "checkout", "params.yaml", cwd=root, env=env)
+
+
+def test_dvc_exp_run_temp_logs_a_new_run_to_the_project_db(project):
+    root, env, _ = project
+    sh("git", "add", "-A", cwd=root, env=env)
+    sh("git", "commit", "-qm", "lock", cwd=root, env=env)
+    sh(sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "train.steps=30", cwd=root, env=env)
+    runs = mlflow_runs(root)
+    assert len(runs) == 2
+    exp_run = runs[1]
+    assert exp_run.data.params["train.steps"] == "30" and exp_run.data.tags.get("dvc.exp_name")
+    assert "fid_classifier" in exp_run.data.metrics

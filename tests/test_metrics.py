@@ -1,0 +1,100 @@
+import pickle
+import urllib.error
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from ganflow import GanflowError, metrics
+from ganflow.config import EvaluateConfig
+
+CPU = torch.device("cpu")
+CFG = EvaluateConfig(batch_size=100, kid_subset_size=100)
+
+
+def halves(mnist):
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(mnist.images))
+    return mnist.images[idx[:500]], mnist.images[idx[500:]]
+
+
+def test_classifier_space_real_vs_real_far_below_noise(mnist, evaluator_file):
+    a, b = halves(mnist)
+    noise = np.random.default_rng(1).integers(0, 256, size=a.shape, dtype=np.uint8)
+    real = metrics.fidelity(a, b, "classifier", evaluator_file, CFG, CPU)
+    fake = metrics.fidelity(noise, b, "classifier", evaluator_file, CFG, CPU)
+    assert set(real) == {"fid_classifier", "is_classifier", "is_std_classifier", "kid_classifier",
+                         "kid_std_classifier", "precision_classifier", "recall_classifier"}
+    assert real["fid_classifier"] * 20 < fake["fid_classifier"]
+    assert real["kid_classifier"] < fake["kid_classifier"]
+    assert real["precision_classifier"] > 0.5 > fake["precision_classifier"]
+    assert real["is_classifier"] > 3 * fake["is_classifier"]  # real digits: confident and diverse
+
+
+def test_kid_subset_is_clamped_to_the_sample_count(mnist, evaluator_file):
+    a, b = halves(mnist)
+    out = metrics.fidelity(a[:40], b, "classifier", evaluator_file, EvaluateConfig(kid_subset_size=1000), CPU)
+    assert np.isfinite(out["kid_classifier"])
+
+
+@pytest.fixture
+def inception_weights(tmp_path):
+    """The real Inception-v3 architecture of torch-fidelity with random weights, saved as a state dict."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None), \
+            mock.patch.object(fe.torch, "load", lambda *a, **k: {}):
+        model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="x")
+    path = tmp_path / "inception.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_inception_space_from_a_local_weights_file(mnist, inception_weights):
+    a, b = halves(mnist)
+    out = metrics.fidelity(a[:24], b[:24], "inception", inception_weights, EvaluateConfig(batch_size=24, kid_subset_size=24), CPU)
+    assert set(out) == {"fid_inception", "is_inception", "is_std_inception", "kid_inception",
+                        "kid_std_inception", "precision_inception", "recall_inception"}
+    assert all(np.isfinite(v) for v in out.values())
+
+
+def _offline(*a, **k):
+    raise urllib.error.URLError("offline")
+
+
+def test_inception_weights_resolution(tmp_path, inception_weights, monkeypatch):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    assert metrics.resolve_inception_weights(EvaluateConfig(inception="off", inception_weights=str(inception_weights))) is None
+    assert metrics.resolve_inception_weights(EvaluateConfig(inception="on", inception_weights=str(inception_weights))) == inception_weights
+    assert metrics.resolve_inception_weights(EvaluateConfig(inception="auto")) is None  # offline, nothing cached
+    with pytest.raises(GanflowError, match="evaluate.inception is on but no Inception weights can be had"):
+        metrics.resolve_inception_weights(EvaluateConfig(inception="on"))
+    with pytest.raises(GanflowError, match="evaluate.inception_weights .*: no such file"):
+        metrics.resolve_inception_weights(EvaluateConfig(inception_weights=str(tmp_path / "missing.pth")))
+    # torch-fidelity's own cache is used when present
+    cached = metrics.inception_cache_path()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(inception_weights.read_bytes())
+    assert metrics.resolve_inception_weights(EvaluateConfig(inception="on")) == cached
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_weights_with_a_pickle_payload_are_refused(tmp_path):
+    bad = tmp_path / "evil.pth"
+    with open(bad, "wb") as f:
+        torch.save({"w": Payload()}, f, pickle_module=pickle)
+    with pytest.raises(GanflowError, match="not a plain weights file"):
+        metrics.check_weights_file(bad)
+
+
+def test_class_stats_detect_mode_collapse():
+    real = np.full(10, 0.1)
+    balanced = metrics.class_stats(np.repeat(np.arange(10), 50), real)
+    assert balanced == {"class_coverage": 10, "class_kl": pytest.approx(0.0, abs=1e-6)}
+    collapsed = metrics.class_stats(np.array([3] * 490 + [4] * 10), real)
+    assert collapsed["class_coverage"] == 2 and collapsed["class_kl"] > 1.5
