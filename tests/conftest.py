@@ -66,3 +66,50 @@ def run_stage(name: str, *args: str, cwd: Path = ROOT, env: dict | None = None):
         [sys.executable, str(ROOT / "stages" / f"{name}.py"), *args],
         cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})},
     )
+
+
+def sh(*cmd, cwd, env, check=True):
+    import subprocess
+
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and r.returncode:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def dvc(root: Path, env: dict, *args: str, check: bool = True):
+    return sh(sys.executable, "-m", "dvc", *args, cwd=root, env=env, check=check)
+
+
+def make_project(root: Path, overrides: dict | None = None) -> dict:
+    """Copy the project (code, dvc.yaml, params.yaml with TINY values and `overrides`) into a new
+    git + DVC repo at `root`; return the environment to run dvc in (MLflow: the default <root>/mlflow.db)."""
+    import shutil
+
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("src", "stages"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, root)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    for section, values in (overrides or {}).items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "TORCH_HOME": str(root / ".torch"), "DVC_NO_ANALYTICS": "1"}
+    sh("git", "init", "-q", cwd=root, env=env)
+    dvc(root, env, "init", "-q")
+    sh("git", "add", "-A", cwd=root, env=env)
+    sh("git", "commit", "-qm", "tiny project", cwd=root, env=env)
+    return env
+
+
+def mlflow_runs(root: Path, experiment: str = "ganflow"):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list", order_by=["start_time ASC"])

@@ -1,54 +1,21 @@
 """One real `dvc repro` of the whole pipeline on tiny params, in a temp git repo, with real MLflow."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, TINY
+from conftest import TINY, dvc, make_project, mlflow_runs, sh
 
 pytestmark = pytest.mark.slow
-
-
-def sh(*cmd, cwd, env, check=True):
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and r.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("proj")
-    for name in ("src", "stages"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(ROOT / "dvc.yaml", root)
-    shutil.copy(ROOT / ".gitignore", root)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default: <root>/mlflow.db
-    env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "TORCH_HOME": str(root / ".torch"),
-            "DVC_NO_ANALYTICS": "1"}
-    sh("git", "init", "-q", cwd=root, env=env)
-    sh(sys.executable, "-m", "dvc", "init", "-q", cwd=root, env=env)
-    sh("git", "add", "-A", cwd=root, env=env)
-    sh("git", "commit", "-qm", "tiny project", cwd=root, env=env)
-    first = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
-    return root, env, first
-
-
-def mlflow_runs(root):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    return mlflow.search_runs(experiment_names=["ganflow"], output_format="list", order_by=["start_time ASC"])
+    env = make_project(root)
+    return root, env, dvc(root, env, "repro")
 
 
 def test_every_output_is_there(project):
@@ -73,10 +40,10 @@ def test_every_output_is_there(project):
 def test_second_repro_is_a_no_op_and_metrics_show(project):
     root, env, _ = project
     before = (root / "models/generator.pt").stat().st_mtime_ns
-    again = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    again = dvc(root, env, "repro")
     assert "Data and pipelines are up to date" in again.stdout
     assert (root / "models/generator.pt").stat().st_mtime_ns == before
-    shown = json.loads(sh(sys.executable, "-m", "dvc", "metrics", "show", "--json", cwd=root, env=env).stdout)
+    shown = json.loads(dvc(root, env, "metrics", "show", "--json").stdout)
     flat = json.dumps(shown)
     assert '"fid_classifier"' in flat and '"evaluator_accuracy"' in flat
 
@@ -111,7 +78,7 @@ def test_changed_eval_params_rerun_evaluate_only_into_the_same_run(project):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["evaluate"]["kid_subset_size"] = 40
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = sh(sys.executable, "-m", "dvc", "repro", cwd=root, env=env)
+    out = dvc(root, env, "repro")
     assert "Running stage 'evaluate'" in out.stdout and "Running stage 'train'" not in out.stdout
     runs = mlflow_runs(root)
     assert len(runs) == 1 and runs[0].data.tags["param_override.evaluate.kid_subset_size"] == "40"
@@ -122,7 +89,7 @@ def test_dvc_exp_run_temp_logs_a_new_run_to_the_project_db(project):
     root, env, _ = project
     sh("git", "add", "-A", cwd=root, env=env)
     sh("git", "commit", "-qm", "lock", cwd=root, env=env)
-    sh(sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "train.steps=30", cwd=root, env=env)
+    dvc(root, env, "exp", "run", "--temp", "-S", "train.steps=30")
     runs = mlflow_runs(root)
     assert len(runs) == 2
     exp_run = runs[1]

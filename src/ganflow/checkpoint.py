@@ -25,11 +25,13 @@ def load(path: str | Path, expect_format: str, map_location: str | torch.device 
     path = Path(path)
     if not path.is_file():
         raise GanflowError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise GanflowError(f"{path}: unreadable or truncated (not a PyTorch zip file)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GanflowError(f"{path}: refused by weights_only loading (not plain tensors and config): {first}") from None
+        why = next((ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln), "not plain tensors and config")
+        raise GanflowError(f"{path}: refused by weights_only loading ({why})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GanflowError(f"{path}: unreadable or truncated ({first})") from None

@@ -286,7 +286,9 @@ class Trainer:
     def check_fid(self, scorer: Callable[[torch.nn.Module], float], paths: TrainPaths, hooks: Hooks) -> None:
         """Score the evaluated G; keep it as the best when its FID is the lowest so far."""
         t0 = time.perf_counter()
-        with evaluating(self.G_eval) as G:
+        # the scorer may draw from torch's RNG (a DataLoader does): fork it, so checks never change training
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), evaluating(self.G_eval) as G:
             fid = float(scorer(G))
         st = self.state
         st.fid_rows.append([st.step, fid])
@@ -345,6 +347,9 @@ class Trainer:
                 break
         bar.close()
         self.check_finite_weights()
+        # the final outputs are written also when a resume found nothing left to train
+        write_tsv(paths.log_tsv, st.log_rows)
+        save_grid(self.grid(), paths.grid, nrow=10)
         checkpoint.save(self.generator_dict(), paths.generator)
         if paths.fid_tsv:
             write_tsv(paths.fid_tsv, st.fid_rows, ("step", "fid_classifier"))
