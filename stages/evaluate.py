@@ -2,6 +2,8 @@
 in the classifier's feature space and, when weights can be had, in Inception-v3's."""
 
 import argparse
+import logging
+import time
 
 import numpy as np
 
@@ -9,9 +11,11 @@ from ganflow import data, evaluator, metrics
 from ganflow.cli import stage
 from ganflow.config import flatten, load_params
 from ganflow.io import write_json
-from ganflow.sampling import read_samples
+from ganflow.sampling import PngFolder
 from ganflow.tracking import Tracker, read_handle
 from ganflow.training import select_device
+
+log = logging.getLogger("ganflow.evaluate")
 
 
 @stage
@@ -30,18 +34,21 @@ def main(argv: list[str]) -> None:
     tracker = Tracker(params.tracking)
     inception = metrics.resolve_inception_weights(cfg)  # fails here when inception is on and none can be had
     ds, meta = data.load_prepared(a.prepared)
-    samples = read_samples(a.samples)
+    samples = PngFolder(a.samples)  # read lazily, batch by batch
     device = select_device(params.train.device)
 
+    t0 = time.perf_counter()
     results = {metrics.KEY_N_SAMPLES: len(samples), metrics.KEY_N_REAL: len(ds.images)}
-    results |= metrics.fidelity(samples, ds.images, "classifier", a.evaluator, cfg, device)
+    # the real images' statistics are cached under their content hash and the extractor's
+    results |= metrics.fidelity(samples, ds.images, "classifier", a.evaluator, cfg, device, real_sha256=meta["sha256"])
     if inception is not None:
-        results |= metrics.fidelity(samples, ds.images, "inception", inception, cfg, device)
+        results |= metrics.fidelity(samples, ds.images, "inception", inception, cfg, device, real_sha256=meta["sha256"])
     if meta["labelled"]:
-        model, _ = evaluator.load(a.evaluator)
+        model, _ = evaluator.load(a.evaluator, device)
         real_hist = np.asarray(meta["class_counts"]) / meta["count"]
         results |= metrics.class_stats(evaluator.predict(model, samples), real_hist)
     write_json(a.out, results)
+    log.info("scored %d samples in %.1f s", len(samples), time.perf_counter() - t0)
 
     run_id = read_handle(a.run_handle)
     if run_id:

@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
 
     device = select_device(params.train.device)
     G, info = load_generator(a.generator_best if cfg.checkpoint == "best" else a.generator, device)
-    ms = write_samples(G, a.out, cfg.n, cfg.seed, cfg.batch_size, device, cfg.classes)
+    ms = write_samples(G, a.out, cfg.n, cfg.seed, cfg.batch_size, device, cfg.classes, cfg.workers)
     save_grid(class_grid(G, cfg.seed, device, cfg.classes), a.grid, nrow=10)
     print(f"wrote {cfg.n} samples of the {cfg.checkpoint} generator (step {info['step']}) to {a.out} ({ms:.2f} s per 1,000 images)")
 

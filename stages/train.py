@@ -4,7 +4,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ganflow import data, metrics
+from ganflow import data, distributed, metrics
 from ganflow.cli import stage
 from ganflow.config import flatten, load_params
 from ganflow.tracking import TAG_RESUMED_FROM, TAG_RESUMED_STEP, Tracker
@@ -28,11 +28,16 @@ def main(argv: list[str]) -> None:
     ap.add_argument("grid", type=Path)
     a = ap.parse_args(argv)
     params = load_params(a.params)
+    distributed.relaunch_under_torchrun(distributed.world_size_for(params.train.devices), argv)
+    dist = distributed.init()  # one process unless train.devices > 1
 
-    tracker = Tracker(params.tracking)  # fails fast on an unreachable server
+    # rank 0 alone talks to MLflow; the tracker fails fast on an unreachable server
+    tracker = Tracker(params.tracking if dist.main else params.tracking.model_copy(update={"enabled": False}))
     ds, meta = data.load_prepared(a.prepared)
-    trainer = Trainer(params, ds, meta["sha256"])
-    log.info(trainer.try_resume(a.checkpoint))
+    trainer = Trainer(params, ds, meta["sha256"], dist)
+    decision = trainer.try_resume(a.checkpoint)
+    if dist.main:
+        log.info(decision)
 
     tracker.start()
     tracker.log_params(flatten(params))
@@ -59,8 +64,12 @@ def main(argv: list[str]) -> None:
     except BaseException:
         tracker.end("FAILED")
         raise
-    tracker.write_handle(a.run_handle)
+    if dist.main:
+        tracker.write_handle(a.run_handle)
     tracker.end()
+    distributed.shutdown(dist)
+    if not dist.main:
+        return
     print(f"trained {params.train.arch}/{params.train.loss} to step {trainer.state.step}: {summary['train_img_per_s']:.0f} img/s")
 
 

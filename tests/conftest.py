@@ -93,12 +93,7 @@ def make_project(root: Path, overrides: dict | None = None) -> dict:
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(ROOT / name, root)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    for section, values in (overrides or {}).items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(overrides), sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "TORCH_HOME": str(root / ".torch"), "DVC_NO_ANALYTICS": "1"}
     sh("git", "init", "-q", cwd=root, env=env)
@@ -113,3 +108,28 @@ def mlflow_runs(root: Path, experiment: str = "ganflow"):
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     return mlflow.search_runs(experiment_names=[experiment], output_format="list", order_by=["start_time ASC"])
+
+
+def tiny_params(overrides: dict | None = None) -> dict:
+    """The project's params.yaml with the TINY values and `overrides` applied."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in [*TINY.items(), *(overrides or {}).items()]:
+        params[section].update(values)
+    return params
+
+
+def stage_workspace(d: Path, images, overrides: dict | None = None) -> Path:
+    """A folder holding prepared data, a quickly fitted evaluator and a tiny params.yaml: what the
+    train, sample and evaluate stages read."""
+    import yaml
+
+    from ganflow import data, evaluator
+    from ganflow.config import EvaluatorConfig
+
+    data.save_prepared(images, d / "prepared", "mnist-5k")
+    model, acc = evaluator.fit(images.images, images.labels, 10, EvaluatorConfig(epochs=1, width=8), 0)
+    evaluator.save(model, d / "evaluator.pt", acc, "x", 28)
+    (d / "params.yaml").write_text(yaml.safe_dump(tiny_params(overrides)))
+    return d

@@ -1,7 +1,16 @@
-import torch
+import subprocess
+import sys
+import time
 
+import psutil
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+from ganflow.checkpoint import GENERATOR_FORMAT
 from ganflow.nets import NetConfig, build
-from ganflow.sampling import BLOCK, generate, read_samples, write_samples
+from ganflow.sampling import BLOCK, PngFolder, generate, write_samples
 
 
 def make_G(arch="dcgan"):
@@ -28,6 +37,30 @@ def test_written_pngs_are_identical_whatever_the_batch_size(tmp_path):
     assert names == [f"{i:06d}.png" for i in range(150)] == sorted(p.name for p in (tmp_path / "b").iterdir())
     for n in names:
         assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes()
-    back = read_samples(tmp_path / "a")
-    assert back.shape == (150, 1, 28, 28)
-    assert torch.equal(torch.from_numpy(back), generate(G, 3, 0, 150))
+    back = PngFolder(tmp_path / "a")
+    assert len(back) == 150 and back[0].shape == (1, 28, 28)
+    assert torch.equal(torch.stack([back[i] for i in range(150)]), generate(G, 3, 0, 150))
+
+
+@pytest.mark.slow
+def test_50k_samples_stream_with_bounded_memory(tmp_path):
+    G = make_G()
+    torch.save({"format": GENERATOR_FORMAT, "arch": "dcgan", "net": G.cfg.to_dict(), "state_dict": G.state_dict(), "step": 0},
+               tmp_path / "g.pt")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["sample"].update({"n": 50_000, "batch_size": 1024})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    p = subprocess.Popen([sys.executable, str(ROOT / "stages/sample.py"), "--params", str(tmp_path / "params.yaml"),
+                          str(tmp_path / "g.pt"), str(tmp_path / "g.pt"), str(tmp_path / "samples"), str(tmp_path / "grid.png")],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak, proc = 0, psutil.Process(p.pid)
+    while p.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    assert p.returncode == 0
+    assert "s per 1,000 images" in p.stdout.read()
+    assert len(list((tmp_path / "samples").iterdir())) == 50_000
+    assert 0 < peak < 2 * 2**30, f"peak RSS {peak / 2**20:.0f} MiB"

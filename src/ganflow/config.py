@@ -81,6 +81,9 @@ class TrainConfig(_Section):
     ema: Annotated[float, Field(ge=0)] = 5000.0  # half-life of G's moving average, in images (0: off); the EMA G is saved
     augment: list[str] = []  # DiffAugment policies applied to all D inputs: color, translation, cutout
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: CUDA, then MPS, then CPU
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # processes (DDP via torchrun); auto: one per CUDA device
+    channels_last: bool = False  # NHWC memory layout for both nets (a GPU speed lever)
+    compile: bool = False  # torch.compile G and D (a speed lever; the first steps pay for compilation)
     log_every: PosInt = 20  # steps between loss logs (TSV + MLflow)
     sample_every: PosInt = 200  # steps between fixed-noise grids
     checkpoint_every: PosInt = 100  # steps between training checkpoints
@@ -107,6 +110,7 @@ class SampleConfig(_Section):
     batch_size: PosInt = 512  # images generated at a time (rounded to a multiple of 64)
     classes: list[Annotated[int, Field(ge=0)]] | None = None  # conditional G: classes to draw, cycling (null: all)
     checkpoint: Literal["last", "best"] = "last"  # sample the last generator, or the best by FID during training
+    workers: PosInt = 2  # threads that encode PNGs
 
 
 class EvaluateConfig(_Section):
@@ -114,6 +118,7 @@ class EvaluateConfig(_Section):
     inception_weights: str | None = None  # local path to torch-fidelity's Inception-v3 weights
     batch_size: PosInt = 250  # torch-fidelity batch size
     kid_subset_size: PosInt = 1000  # clamped to the number of samples
+    feature_extractor_internal_dtype: Literal["float32", "float64"] | None = None  # Inception's internal dtype (null: float32)
 
 
 class TrackingConfig(_Section):

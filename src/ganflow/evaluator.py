@@ -85,9 +85,15 @@ def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorCo
 
 
 @torch.no_grad()
-def predict(model: Classifier, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    out = [model(torch.from_numpy(images[i : i + batch_size]))[1].argmax(1) for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy()
+def predict(model: Classifier, images, batch_size: int = 500) -> np.ndarray:
+    """Predicted classes of a uint8 N×C×H×W array or a Dataset of uint8 C×H×W tensors, in batches."""
+    from torch.utils.data import DataLoader
+
+    from ganflow.metrics import ImageArray
+
+    device = next(model.parameters()).device
+    loader = DataLoader(ImageArray(images), batch_size=batch_size)
+    return torch.cat([model(x.to(device))[1].argmax(1).cpu() for x in loader]).numpy()
 
 
 def save(model: Classifier, path: str | Path, accuracy: float, data_sha256: str, resolution: int) -> None:

@@ -98,10 +98,11 @@ def register() -> None:
 
 
 class ImageArray(Dataset):
-    """uint8 N×C×H×W array as the Dataset torch-fidelity takes; `rgb` expands grayscale to 3 channels."""
+    """uint8 N×C×H×W array, or a Dataset of uint8 C×H×W tensors, as torch-fidelity takes it;
+    `rgb` expands grayscale to 3 channels (Inception wants RGB)."""
 
-    def __init__(self, images: np.ndarray, rgb: bool = False):
-        if images.dtype != np.uint8 or images.ndim != 4:
+    def __init__(self, images: np.ndarray | Dataset, rgb: bool = False):
+        if isinstance(images, np.ndarray) and (images.dtype != np.uint8 or images.ndim != 4):
             raise ValueError(f"expected uint8 N×C×H×W, got {images.dtype} {images.shape}")
         self.images, self.rgb = images, rgb
 
@@ -109,7 +110,8 @@ class ImageArray(Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        x = torch.from_numpy(self.images[i])
+        x = self.images[i]
+        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
         return x.expand(3, -1, -1) if self.rgb and x.shape[0] == 1 else x
 
 
@@ -165,8 +167,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def fidelity(
-    samples: np.ndarray,
-    real: np.ndarray,
+    samples: np.ndarray | Dataset,
+    real: np.ndarray | Dataset,
     space: Space,
     weights: str | Path,
     cfg: EvaluateConfig,
@@ -175,6 +177,7 @@ def fidelity(
     real_sha256: str | None = None,
 ) -> dict[str, float]:
     """FID, IS, KID, precision and recall of `samples` against `real`, keys suffixed with the space.
+    Both are streamed through the feature extractor in batches of evaluate.batch_size.
 
     With `real_sha256` (the prepared data's content hash) the statistics of the real images are
     cached by torch-fidelity under a name made of that hash and the feature extractor's file hash,
@@ -196,6 +199,7 @@ def fidelity(
         feature_extractor_weights_path=str(weights),
         kid_subset_size=min(cfg.kid_subset_size, n),
         batch_size=cfg.batch_size,
+        feature_extractor_internal_dtype=cfg.feature_extractor_internal_dtype if rgb else None,
         cuda=device.type == "cuda",
         save_cpu_ram=True,
         verbose=False,

@@ -98,12 +98,25 @@ class Tracker:
             return
         mlflow = self.mlflow
         if run_id is None:
-            exp = _retry(lambda: mlflow.set_experiment(self.cfg.experiment), "set_experiment")
+            exp = _retry(self._experiment, "set_experiment")
             tags = {**_dvc_tags(), **(tags or {})}
             run = _retry(lambda: mlflow.start_run(experiment_id=exp.experiment_id, tags=tags), "start_run")
         else:
             run = _retry(lambda: mlflow.start_run(run_id=run_id), "start_run")
         self.run_id = run.info.run_id
+
+    def _experiment(self):
+        """tracking.experiment, created on first use. With a local sqlite store its artifacts go to
+        <project root>/mlruns: MLflow would put them under the current folder, which for
+        `dvc exp run --temp/--queue` is a temp copy that DVC deletes."""
+        mlflow = self.mlflow
+        if mlflow.get_experiment_by_name(self.cfg.experiment) is None and self.uri.startswith("sqlite:"):
+            try:
+                mlflow.create_experiment(self.cfg.experiment, artifact_location=(project_root() / "mlruns").as_uri())
+            except Exception as err:  # created meanwhile by a parallel experiment
+                if "already exists" not in str(err):
+                    raise
+        return mlflow.set_experiment(self.cfg.experiment)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:

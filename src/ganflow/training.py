@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ganflow import GanflowError, augment, checkpoint, losses
 from ganflow.config import Params
+from ganflow.distributed import SINGLE, Dist, all_mean, device_for, gather
 from ganflow.data import ImageSet
 from ganflow.io import save_grid, write_bytes
 from ganflow.nets import NetConfig, SingleInput, build
@@ -27,7 +28,10 @@ log = logging.getLogger("ganflow.train")
 
 LOG_COLUMNS = ("step", "loss_D", "loss_G", "D_x", "D_G_z")
 # keys that may change between a checkpoint and a resume without changing what is trained
-NOT_FINGERPRINTED = {"steps", "log_every", "sample_every", "checkpoint_every", "device", "eval_every", "eval_samples"}
+NOT_FINGERPRINTED = {
+    "steps", "log_every", "sample_every", "checkpoint_every", "device", "eval_every", "eval_samples",
+    "channels_last", "compile", "devices",  # devices: the resolved world size is fingerprinted instead
+}
 
 
 class DivergenceError(GanflowError):
@@ -58,10 +62,11 @@ def code_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(params: Params, data_sha256: str) -> dict[str, Any]:
+def fingerprint(params: Params, data_sha256: str, world_size: int = 1) -> dict[str, Any]:
     """Everything that defines the model and its optimisation; a checkpoint is resumed only if this matches."""
     train = params.train.model_dump(exclude=NOT_FINGERPRINTED)
-    return {"seed": params.seed, "data_sha256": data_sha256, "code": code_hash(), **{f"train.{k}": v for k, v in train.items()}}
+    return {"seed": params.seed, "data_sha256": data_sha256, "code": code_hash(), "world_size": world_size,
+            **{f"train.{k}": v for k, v in train.items()}}
 
 
 def fingerprint_changes(old: dict, new: dict) -> list[str]:
@@ -97,10 +102,10 @@ class State:
 
 
 class Trainer:
-    def __init__(self, params: Params, data: ImageSet, data_sha256: str):
+    def __init__(self, params: Params, data: ImageSet, data_sha256: str, dist: Dist = SINGLE):
         cfg = params.train
-        self.params, self.cfg = params, cfg
-        self.device = select_device(cfg.device)
+        self.params, self.cfg, self.dist = params, cfg, dist
+        self.device = device_for(dist, select_device(cfg.device))
         torch.manual_seed(params.seed)
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
@@ -114,20 +119,36 @@ class Trainer:
         )
         G, D = build(cfg.arch, self.net_cfg)
         self.G, self.D = G.to(self.device), D.to(self.device)
+        if dist.active:
+            # every rank draws its own batches and noise; the nets start equal (DDP broadcasts rank 0's)
+            torch.manual_seed(params.seed + 1_000_003 * dist.rank)
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas), **fused)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas), **fused)
         self.loss = losses.get(cfg.loss)
+        # speed levers: the modules keep their state; the step calls these views of them
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        if cfg.channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        G_step, D_step = self.G, self.D
+        if dist.active:  # gradients averaged over ranks
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            G_step, D_step = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
+        self.G_step = torch.compile(G_step) if cfg.compile else G_step
+        D_step = torch.compile(D_step) if cfg.compile else D_step
         # D as the losses see it: DiffAugment on every input, real and fake alike
         aug = augment.pipeline(cfg.augment)
-        self.D_aug = (lambda x, y=None: self.D(aug(x), y)) if cfg.augment else self.D
+        self.D_aug = (lambda x, y=None: D_step(aug(x), y)) if cfg.augment else D_step
         # EMA of G's weights: per-step decay from a half-life in images
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema > 0 else None
         self.ema_beta = 0.5 ** (cfg.batch_size / cfg.ema) if cfg.ema > 0 else 0.0
         # the whole data set stays on the device as uint8; batches are index draws there
         self.images = torch.from_numpy(data.images).to(self.device)
         self.labels = torch.from_numpy(data.labels).to(self.device) if n_classes else None
-        self.fingerprint = fingerprint(params, data_sha256)
+        self.fingerprint = fingerprint(params, data_sha256, dist.world_size)
         self.state = State()
         self.extra: dict[str, Any] = {}  # saved with each checkpoint (the MLflow run id, say)
         self.resumed: dict[str, Any] | None = None  # the `extra` of the checkpoint resumed from
@@ -144,6 +165,7 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The full training state (on every rank: it gathers each rank's RNG state)."""
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -162,7 +184,7 @@ class Trainer:
             "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "rng": rng,
+            "rng": gather(rng, self.dist),  # one per rank
             "extra": self.extra,
         }
 
@@ -177,9 +199,12 @@ class Trainer:
             step=ckpt["step"], log_rows=[list(r) for r in ckpt["log_rows"]], fid_rows=[list(r) for r in ckpt["fid_rows"]],
             best=ckpt["best"], eval_seconds=ckpt["eval_seconds"],
         )
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+        if len(ckpt["rng"]) != self.dist.world_size:
+            raise GanflowError(f"checkpoint was made by {len(ckpt['rng'])} processes, this run has {self.dist.world_size}")
+        rng = ckpt["rng"][self.dist.rank]
+        torch.set_rng_state(rng["cpu"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def try_resume(self, path: Path) -> str:
         """Resume from `path` when its fingerprint matches; return what was decided, for the log."""
@@ -197,7 +222,9 @@ class Trainer:
 
     def save_checkpoint(self, path: Path) -> None:
         self.check_finite_weights()
-        checkpoint.save(self.state_dict(), path)
+        state = self.state_dict()  # a collective under DDP
+        if self.dist.main:
+            checkpoint.save(state, path)
 
     def generator_dict(self, best: bool = False) -> dict[str, Any]:
         """generator.pt: the evaluated G (EMA when on) of the last step, or of the best FID check."""
@@ -246,7 +273,8 @@ class Trainer:
         """A batch of real images in [-1, 1] and, for conditional nets, their labels."""
         idx = torch.randint(len(self.images), (self.cfg.batch_size,), device=self.device)
         y = self.labels[idx] if self.labels is not None else None
-        return self.images[idx].float().div_(127.5).sub_(1.0), y
+        x = self.images[idx].float().div_(127.5).sub_(1.0).contiguous(memory_format=self.memory_format)
+        return x, y
 
     def noise(self) -> torch.Tensor:
         return torch.randn(self.cfg.batch_size, self.cfg.z_dim, device=self.device)
@@ -258,14 +286,14 @@ class Trainer:
             # Update D: push D(x) up and D(G(z)) down, as the loss defines
             real, y = self.real_batch()
             with self.amp:
-                fake = self.G(self.noise(), y)
+                fake = self.G_step(self.noise(), y)
                 loss_d, logit_r, logit_f = self.loss.d_loss(self.D_aug, real, fake.detach(), y)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()
         if self.loss.n_critic > 1:
             with self.amp:
-                fake = self.G(self.noise(), y)
+                fake = self.G_step(self.noise(), y)
         # Update G: make D score G(z) as real (the last fake is reused when D steps once)
         with self.amp:
             loss_g = self.loss.g_loss(self.D_aug, fake, y)
@@ -309,57 +337,63 @@ class Trainer:
     ) -> dict[str, float]:
         """Train to train.steps (or for max_seconds of wall clock, for benchmarks).
         With a scorer (G -> FID), G is scored every train.eval_every steps and the best one kept."""
-        cfg, st = self.cfg, self.state
+        cfg, st, main = self.cfg, self.state, self.dist.main
+        if self.dist.active:
+            max_seconds = None  # a wall-clock stop could differ between ranks
         acc = torch.zeros(4, device=self.device)
         n_acc, t0, step0, eval0 = 0, time.perf_counter(), st.step, st.eval_seconds
-        bar = tqdm(total=cfg.steps, initial=st.step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
-        while st.step < cfg.steps:
-            acc += self.train_step()
-            n_acc += 1
-            st.step += 1
-            bar.update(1)
-            last = st.step == cfg.steps or (max_seconds is not None and time.perf_counter() - t0 > max_seconds)
-            if st.step % cfg.log_every == 0 or last:
-                # one host sync per log interval: means over the interval
-                row = (acc / n_acc).tolist()
-                if not all(math.isfinite(v) for v in row):
-                    bad = [k for k, v in zip(LOG_COLUMNS[1:], row) if not math.isfinite(v)]
-                    raise DivergenceError(
-                        f"training diverged between steps {st.step - n_acc + 1} and {st.step}: {', '.join(bad)} not finite"
-                    )
-                acc.zero_()
-                n_acc = 0
-                st.log_rows.append([st.step, *row])
-                write_tsv(paths.log_tsv, st.log_rows)
-                ips = (st.step - step0) * cfg.batch_size * self.loss.n_critic / (time.perf_counter() - t0)
-                metrics = dict(zip(LOG_COLUMNS[1:], row))
-                bar.set_postfix(loss_D=f"{row[0]:.3f}", loss_G=f"{row[1]:.3f}", img_s=f"{ips:.0f}")
-                hooks.on_metrics({**metrics, "img_per_s": ips}, st.step)
-            if st.step % cfg.sample_every == 0 or last:
-                g = save_grid(self.grid(), paths.grid, nrow=10)  # conditional: a row per class
-                hooks.on_grid(g.permute(1, 2, 0).numpy(), st.step)
-            if scorer is not None and cfg.eval_every and (st.step % cfg.eval_every == 0 or last):
-                self.check_fid(scorer, paths, hooks)
-            if st.step % cfg.checkpoint_every == 0 or last:
-                self.save_checkpoint(paths.checkpoint)
-                hooks.on_checkpoint(st.step)
-            if last:
-                break
-        bar.close()
+        images_per_step = cfg.batch_size * self.loss.n_critic * self.dist.world_size
+        bar = tqdm(total=cfg.steps, initial=st.step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0,
+                   disable=not main)
+        try:
+            while st.step < cfg.steps:
+                acc += self.train_step()
+                n_acc += 1
+                st.step += 1
+                bar.update(1)
+                last = st.step == cfg.steps or (max_seconds is not None and time.perf_counter() - t0 > max_seconds)
+                if st.step % cfg.log_every == 0 or last:
+                    # one host sync per log interval: means over the interval (and over ranks)
+                    row = (all_mean(acc, self.dist) / n_acc).tolist()
+                    if not all(math.isfinite(v) for v in row):
+                        bad = [k for k, v in zip(LOG_COLUMNS[1:], row) if not math.isfinite(v)]
+                        raise DivergenceError(
+                            f"training diverged between steps {st.step - n_acc + 1} and {st.step}: {', '.join(bad)} not finite"
+                        )
+                    acc.zero_()
+                    n_acc = 0
+                    st.log_rows.append([st.step, *row])
+                    ips = (st.step - step0) * images_per_step / (time.perf_counter() - t0)
+                    bar.set_postfix(loss_D=f"{row[0]:.3f}", loss_G=f"{row[1]:.3f}", img_s=f"{ips:.0f}")
+                    if main:
+                        write_tsv(paths.log_tsv, st.log_rows)
+                        hooks.on_metrics({**dict(zip(LOG_COLUMNS[1:], row)), "img_per_s": ips}, st.step)
+                if main and (st.step % cfg.sample_every == 0 or last):
+                    g = save_grid(self.grid(), paths.grid, nrow=10)  # conditional: a row per class
+                    hooks.on_grid(g.permute(1, 2, 0).numpy(), st.step)
+                if main and scorer is not None and cfg.eval_every and (st.step % cfg.eval_every == 0 or last):
+                    self.check_fid(scorer, paths, hooks)
+                if st.step % cfg.checkpoint_every == 0 or last:
+                    self.save_checkpoint(paths.checkpoint)
+                    hooks.on_checkpoint(st.step)
+                if last:
+                    break
+        finally:
+            bar.close()  # also on an error, so its message starts on a line of its own
         self.check_finite_weights()
-        # the final outputs are written also when a resume found nothing left to train
-        write_tsv(paths.log_tsv, st.log_rows)
-        save_grid(self.grid(), paths.grid, nrow=10)
-        checkpoint.save(self.generator_dict(), paths.generator)
-        if paths.fid_tsv:
-            write_tsv(paths.fid_tsv, st.fid_rows, ("step", "fid_classifier"))
-        if paths.generator_best:  # without checks during training, the best is the last
-            checkpoint.save(self.generator_dict(best=True), paths.generator_best)
         seconds = time.perf_counter() - t0
         done = st.step - step0
+        if main:  # the final outputs are written also when a resume found nothing left to train
+            write_tsv(paths.log_tsv, st.log_rows)
+            save_grid(self.grid(), paths.grid, nrow=10)
+            checkpoint.save(self.generator_dict(), paths.generator)
+            if paths.fid_tsv:
+                write_tsv(paths.fid_tsv, st.fid_rows, ("step", "fid_classifier"))
+            if paths.generator_best:  # without checks during training, the best is the last
+                checkpoint.save(self.generator_dict(best=True), paths.generator_best)
         summary = {
             "train_seconds": seconds,
-            "train_img_per_s": done * cfg.batch_size * self.loss.n_critic / seconds if done else 0.0,
+            "train_img_per_s": done * images_per_step / seconds if done else 0.0,
             "steps_run": done,
             # the share of this attempt's time spent on FID checks
             "eval_time_fraction": (st.eval_seconds - eval0) / seconds if seconds else 0.0,

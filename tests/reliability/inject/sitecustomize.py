@@ -32,3 +32,41 @@ if spec:
         return original(path, data)
 
     gio.write_bytes = write_bytes
+
+# GANFLOW_TEST_NAN_AT=<step>: the losses of that training step come out NaN
+nan_at = os.environ.get("GANFLOW_TEST_NAN_AT")
+if nan_at:
+    import ganflow.training as training
+
+    real_step = training.Trainer.train_step
+
+    def train_step(self):
+        out = real_step(self)
+        return out * float("nan") if self.state.step + 1 == int(nan_at) else out
+
+    training.Trainer.train_step = train_step
+
+# GANFLOW_TEST_OFFLINE=1: every download fails as it does without a network
+if os.environ.get("GANFLOW_TEST_OFFLINE"):
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    torch.hub.download_url_to_file = offline
+
+# GANFLOW_TEST_WRITE_LOG=<file>: append "<RANK> <path>" for every file ganflow writes
+write_log = os.environ.get("GANFLOW_TEST_WRITE_LOG")
+if write_log:
+    import ganflow.io as gio
+
+    logged = gio.write_bytes
+
+    def write_bytes_logged(path, data):
+        with open(write_log, "a") as f:
+            f.write(f"{os.environ.get('RANK', '-')} {path}\n")
+        return logged(path, data)
+
+    gio.write_bytes = write_bytes_logged

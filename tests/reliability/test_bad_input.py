@@ -1,0 +1,185 @@
+"""Bad input: each case gives a one-line error naming the key or file, exit status 1, and leaves
+earlier outputs untouched. Stages run as the pipeline runs them: separate processes."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import run_stage, stage_workspace
+from ganflow import data
+
+INJECT = Path(__file__).parent / "inject"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, mnist):
+    """A workspace with prepared data, an evaluator and a params.yaml of tiny values, tracking off."""
+    return stage_workspace(tmp_path_factory.mktemp("ws"), mnist, {"tracking": {"enabled": False}})
+
+
+def with_params(ws: Path, tmp_path: Path, **sections) -> str:
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    return str(f)
+
+
+def earlier(*paths: Path) -> dict[Path, bytes]:
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"earlier output of " + p.name.encode())
+    return {p: p.read_bytes() for p in paths}
+
+
+def fails_with(r, message: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
+    assert message in lines[0], lines[0]
+
+
+def untouched(before: dict[Path, bytes]) -> None:
+    for p, content in before.items():
+        assert p.read_bytes() == content, f"{p} was overwritten"
+
+
+STAGE_ARGS = {
+    "prepare": ["prepared", "real.png"],
+    "fit_evaluator": ["PREPARED", "evaluator2.pt", "evaluator.json"],
+    "train": ["PREPARED", "EVALUATOR", "g.pt", "best.pt", "ckpt.pt", "run.json", "log.tsv", "fid.tsv", "grid.png"],
+    "sample": ["g.pt", "best.pt", "samples", "sgrid.png"],
+    "evaluate": ["samples", "PREPARED", "EVALUATOR", "run.json", "eval.json"],
+}
+
+
+def args_for(stage, ws, tmp_path):
+    out = []
+    for a in STAGE_ARGS[stage]:
+        out.append(str(ws / "prepared") if a == "PREPARED" else str(ws / "evaluator.pt") if a == "EVALUATOR" else str(tmp_path / a))
+    return out
+
+
+@pytest.mark.parametrize(
+    "stage, section, values, message",
+    [
+        ("prepare", "prepare", {"resolution": 48}, "prepare.resolution must be 28, 32 or 64 (got 48)"),
+        ("fit_evaluator", "evaluator", {"holdout": 1.5}, "evaluator.holdout must be less than 1 (got 1.5)"),
+        ("train", "train", {"lr_g": "fast"}, "train.lr_g must be a valid number (got 'fast')"),
+        ("sample", "sample", {"nn": 3}, "unknown key sample.nn (did you mean sample.n?)"),
+        ("evaluate", "evaluate", {"batch_size": -5}, "evaluate.batch_size must be greater than 0 (got -5)"),
+    ],
+)
+def test_bad_params_stop_every_stage(ws, tmp_path, stage, section, values, message):
+    args = args_for(stage, ws, tmp_path)
+    before = earlier(*(Path(a) for a in args if a.startswith(str(tmp_path)) and "." in Path(a).name))
+    r = run_stage(stage, "--params", with_params(ws, tmp_path, **{section: values}), *args)
+    fails_with(r, message)
+    untouched(before)
+
+
+def test_folder_source_errors(ws, tmp_path):
+    before = earlier(tmp_path / "prepared" / "images.npy", tmp_path / "real.png")
+    cases = {
+        "missing": (tmp_path / "nope", "no such folder"),
+        "empty": (tmp_path / "empty", "no image files in it"),
+        "corrupt": (tmp_path / "corrupt", "1 unreadable file(s): a/bad.png (UnidentifiedImageError)"),
+    }
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt" / "a").mkdir(parents=True)
+    (tmp_path / "corrupt" / "a" / "bad.png").write_bytes(b"not a png at all")
+    for folder, message in cases.values():
+        p = with_params(ws, tmp_path, prepare={"source": "folder", "folder": str(folder)})
+        r = run_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
+        fails_with(r, f"prepare.folder {folder}: {message}")
+        untouched(before)
+
+
+def test_mixed_image_modes_are_converted(ws, tmp_path):
+    from PIL import Image
+
+    for i, mode in enumerate(["L", "RGB", "RGBA", "P", "I;16"]):
+        (tmp_path / "imgs").mkdir(exist_ok=True)
+        Image.new(mode, (30 + i, 40), color=10 * i).save(tmp_path / "imgs" / f"{i}.png")
+    p = with_params(ws, tmp_path, prepare={"source": "folder", "folder": str(tmp_path / "imgs"), "channels": 3})
+    r = run_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert data.load_prepared(tmp_path / "prepared")[0].images.shape == (5, 3, 28, 28)
+
+
+def _generator_file(ws, tmp_path) -> Path:
+    from ganflow.checkpoint import GENERATOR_FORMAT
+    from ganflow.nets import NetConfig, build
+
+    G, _ = build("dcgan", NetConfig(28, 1, 16, 8))
+    path = tmp_path / "g.pt"
+    torch.save({"format": GENERATOR_FORMAT, "arch": "dcgan", "net": NetConfig(28, 1, 16, 8).to_dict(),
+                "state_dict": G.state_dict(), "step": 1}, path)
+    return path
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/ganflow-pwned",))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "unreadable or truncated"),
+    ("other-program", "not a ganflow-generator-v1 file"),
+    ("pickle", "refused by weights_only loading"),
+])
+def test_damaged_generator_files(ws, tmp_path, damage, message):
+    g = _generator_file(ws, tmp_path)
+    if damage == "truncate":
+        g.write_bytes(g.read_bytes()[:1000])
+    elif damage == "other-program":
+        torch.save({"weights": torch.zeros(3)}, g)
+    else:
+        torch.save({"format": "ganflow-generator-v1", "payload": Payload()}, g)
+    before = earlier(tmp_path / "samples" / "000000.png", tmp_path / "sgrid.png")
+    r = run_stage("sample", "--params", str(ws / "params.yaml"), str(g), str(g), str(tmp_path / "samples"), str(tmp_path / "sgrid.png"))
+    fails_with(r, f"{g}: {message}")
+    untouched(before)
+    assert not Path("/tmp/ganflow-pwned").exists()
+
+
+def test_truncated_training_checkpoint(ws, tmp_path):
+    args = args_for("train", ws, tmp_path)
+    (tmp_path / "ckpt.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    r = run_stage("train", "--params", str(ws / "params.yaml"), *args)
+    fails_with(r, f"{tmp_path / 'ckpt.pt'}: unreadable or truncated")
+
+
+def test_inception_on_without_weights_offline(ws, tmp_path):
+    G = _generator_file(ws, tmp_path)
+    assert run_stage("sample", "--params", str(ws / "params.yaml"), str(G), str(G), str(tmp_path / "samples"),
+                     str(tmp_path / "sgrid.png")).returncode == 0
+    before = earlier(tmp_path / "eval.json")
+    p = with_params(ws, tmp_path, evaluate={"inception": "on"})
+    r = run_stage("evaluate", "--params", p, *args_for("evaluate", ws, tmp_path),
+                  env={"PYTHONPATH": str(INJECT), "GANFLOW_TEST_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "th")})
+    fails_with(r, "evaluate.inception is on but no Inception weights can be had")
+    untouched(before)
+
+
+def test_unreachable_tracking_server_fails_before_training(ws, tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    p = with_params(ws, tmp_path, tracking={"enabled": True, "uri": f"http://127.0.0.1:{port}"})
+    r = run_stage("train", "--params", p, *args_for("train", ws, tmp_path), env={"MLFLOW_TRACKING_URI": ""})
+    fails_with(r, f"tracking.uri http://127.0.0.1:{port}: MLflow server unreachable")
+    assert not (tmp_path / "ckpt.pt").exists() and not (tmp_path / "log.tsv").exists()
+
+
+def test_unwritable_output_location(ws, tmp_path):
+    (tmp_path / "blocked").write_text("a file where a folder should be")
+    r = run_stage("prepare", "--params", str(ws / "params.yaml"), str(tmp_path / "blocked" / "prepared"), str(tmp_path / "real.png"))
+    fails_with(r, f"{tmp_path / 'blocked' / 'prepared'}: cannot write")
