@@ -8,7 +8,8 @@ and optionally channels_last and torch.compile (--levers).
 
     python bench/throughput.py [--device auto] [--seconds 10] [--levers compile,channels_last]
 
-Prints img/s of each and the ratio, for dcgan at 28×28 (batch 128 and 1024) and 64×64 (batch 128).
+Prints img/s of each and their ratio (medians of three alternating rounds), for dcgan at 28×28
+(batch 128 and 1024) and 64×64 (batch 128).
 """
 
 from __future__ import annotations
@@ -106,9 +107,14 @@ def main() -> None:
     for resolution, batch in CASES:
         images = rng.integers(0, 256, size=(4096, 1, resolution, resolution), dtype=np.uint8)
         data = torch.from_numpy(images).to(device).float().div(127.5).sub(1)
-        ref, _ = timed(reference_step_fn(resolution, batch, device, data), device, a.seconds)
-        gan, _ = timed(ganflow_step_fn(resolution, batch, str(device), images, levers), device, a.seconds)
-        print(f"{resolution}px b{batch:<10}{ref * batch:>16.0f}{gan * batch:>16.0f}{gan / ref:>7.2f}×", flush=True)
+        ref_step = reference_step_fn(resolution, batch, device, data)
+        gan_step = ganflow_step_fn(resolution, batch, str(device), images, levers)
+        # alternate short rounds, so drifting machine speed hits both alike; report medians
+        rounds = [(timed(ref_step, device, a.seconds / 3)[0], timed(gan_step, device, a.seconds / 3)[0]) for _ in range(3)]
+        ref = float(np.median([r for r, _ in rounds]))
+        gan = float(np.median([g for _, g in rounds]))
+        ratio = float(np.median([g / r for r, g in rounds]))
+        print(f"{resolution}px b{batch:<10}{ref * batch:>16.0f}{gan * batch:>16.0f}{ratio:>7.2f}×", flush=True)
 
 
 if __name__ == "__main__":
