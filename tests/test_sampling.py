@@ -42,6 +42,22 @@ def test_written_pngs_are_identical_whatever_the_batch_size(tmp_path):
     assert torch.equal(torch.stack([back[i] for i in range(150)]), generate(G, 3, 0, 150))
 
 
+def test_conditional_labels_follow_sample_classes():
+    from ganflow import GanflowError
+    from ganflow.sampling import labels
+
+    torch.manual_seed(0)
+    G, _ = build("dcgan", NetConfig(28, 1, z_dim=16, width=8, n_classes=10))
+    assert labels(G, [3, 7], 0, 5).tolist() == [3, 7, 3, 7, 3]
+    assert labels(G, None, 8, 12).tolist() == [8, 9, 0, 1]
+    seen = []
+    G.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))
+    generate(G.eval(), 0, 0, 6, classes=[3, 7])
+    assert seen[0][:6].tolist() == [3, 7, 3, 7, 3, 7]  # the generator is asked for exactly these classes
+    with pytest.raises(GanflowError, match="not class-conditional"):
+        labels(make_G(), [1], 0, 2)
+
+
 @pytest.mark.slow
 def test_50k_samples_stream_with_bounded_memory(tmp_path):
     G = make_G()

@@ -146,3 +146,23 @@ def test_fid_checks_do_not_change_training(mnist, tmp_path):
         t.run(paths(tmp_path / str(every)), scorer=scorer)
         runs.append((tmp_path / str(every) / "generator.pt").read_bytes())
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("arch, loss, d_norm", [
+    ("seed", "non-saturating", "none"), ("dcgan", "hinge", "spectral"), ("dcgan", "non-saturating", "batch"),
+    ("dcgan", "wgan-gp", "none"), ("sngan", "hinge", "spectral"),
+])
+@pytest.mark.parametrize("resolution, channels", [(28, 1), (32, 3), (64, 1)])
+def test_one_train_step_changes_both_nets(arch, loss, d_norm, resolution, channels):
+    import numpy as np
+
+    from ganflow.data import ImageSet
+
+    rng = np.random.default_rng(0)
+    ds = ImageSet(rng.integers(0, 256, (32, channels, resolution, resolution), dtype=np.uint8), None, [])
+    t = Trainer(parse_params({"train": {**TINY_TRAIN, "arch": arch, "loss": loss, "d_norm": d_norm, "batch_size": 4}}), ds, "x")
+    before = [copy.deepcopy(n.state_dict()) for n in (t.G, t.D)]
+    stats = t.train_step()
+    assert torch.isfinite(stats).all()
+    for net, old in zip((t.G, t.D), before):
+        assert any(not torch.equal(old[k], v) for k, v in net.state_dict().items() if v.is_floating_point())
