@@ -15,7 +15,10 @@ pytestmark = pytest.mark.slow
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("proj")
     env = make_project(root)
-    return root, env, dvc(root, env, "repro")
+    first = dvc(root, env, "repro")
+    sh("git", "add", "-A", cwd=root, env=env)
+    sh("git", "commit", "-qm", "first run: dvc.lock and metrics", cwd=root, env=env)
+    return root, env, first
 
 
 def test_every_output_is_there(project):
@@ -59,8 +62,8 @@ def test_mlflow_run_holds_params_losses_grids_model_and_scores(project):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.arch"] == "dcgan" and run.data.params["train.steps"] == "20"
     assert run.data.params["seed"] == "0" and "evaluate.inception" in run.data.params
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    assert run.data.tags["mlflow.source.git.commit"] == head
+    head = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == head  # the commit the run was made at
     losses = client.get_metric_history(run.info.run_id, "loss_D")
     assert [m.step for m in losses] == [5, 10, 15, 20]
     eval_json = json.loads((root / "metrics/eval.json").read_text())
@@ -82,6 +85,8 @@ def test_changed_eval_params_rerun_evaluate_only_into_the_same_run(project):
     assert "Running stage 'evaluate'" in out.stdout and "Running stage 'train'" not in out.stdout
     runs = mlflow_runs(root)
     assert len(runs) == 1 and runs[0].data.tags["param_override.evaluate.kid_subset_size"] == "40"
+    diff = json.loads(dvc(root, env, "metrics", "diff", "--json").stdout)  # against HEAD's committed metrics
+    assert "kid_classifier" in diff["metrics/eval.json"]
     sh("git", "checkout", "params.yaml", cwd=root, env=env)
 
 
