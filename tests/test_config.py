@@ -1,6 +1,3 @@
-import shutil
-from pathlib import Path
-
 import pytest
 import yaml
 

@@ -6,7 +6,7 @@ import torch
 from conftest import TINY_TRAIN
 from ganflow import GanflowError, checkpoint
 from ganflow.config import parse_params
-from ganflow.training import DivergenceError, Trainer, TrainPaths
+from ganflow.training import Trainer, TrainPaths
 
 
 def paths(d):

@@ -71,8 +71,8 @@ class TrainConfig(_Section):
     loss: str = "hinge"  # registry name: non-saturating | hinge
     steps: PosInt = 4000  # optimisation steps of D and G
     batch_size: PosInt = 64
-    lr_g: PosFloat = 0.0002  # Adam learning rate of G
-    lr_d: PosFloat = 0.0002  # Adam learning rate of D
+    lr_g: PosFloat = 0.0004  # Adam learning rate of G
+    lr_d: PosFloat = 0.0004  # Adam learning rate of D
     betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = [0.0, 0.9]
     z_dim: PosInt = 64  # latent size
     width: PosInt = 32  # base channel width of G and D (arch seed keeps its fixed 128-unit layers)

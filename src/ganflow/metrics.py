@@ -21,7 +21,7 @@ import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from ganflow import GanflowError, checkpoint
+from ganflow import GanflowError
 from ganflow.config import EvaluateConfig
 
 log = logging.getLogger("ganflow.metrics")

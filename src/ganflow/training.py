@@ -89,7 +89,6 @@ class Hooks:
 
     on_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     on_grid: Callable[[np.ndarray, int], None] = lambda grid_hwc, step: None
-    on_checkpoint: Callable[[int], None] = lambda step: None
 
 
 @dataclass
@@ -375,7 +374,6 @@ class Trainer:
                     self.check_fid(scorer, paths, hooks)
                 if st.step % cfg.checkpoint_every == 0 or last:
                     self.save_checkpoint(paths.checkpoint)
-                    hooks.on_checkpoint(st.step)
                 if last:
                     break
         finally:
