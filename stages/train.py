@@ -8,7 +8,7 @@ from ganflow import data, distributed, metrics
 from ganflow.cli import stage
 from ganflow.config import flatten, load_params
 from ganflow.tracking import TAG_RESUMED_FROM, TAG_RESUMED_STEP, Tracker
-from ganflow.training import Hooks, Trainer, TrainPaths
+from ganflow.training import Hooks, Trainer, TrainPaths, select_device
 
 log = logging.getLogger("ganflow.train")
 
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     params = load_params(a.params)
     distributed.relaunch_under_torchrun(distributed.world_size_for(params.train.devices), argv)
-    dist = distributed.init()  # one process unless train.devices > 1
+    dist = distributed.init(select_device(params.train.device))  # one process unless train.devices > 1
 
     # rank 0 alone talks to MLflow; the tracker fails fast on an unreachable server
     tracker = Tracker(params.tracking if dist.main else params.tracking.model_copy(update={"enabled": False}))
@@ -60,7 +60,8 @@ def main(argv: list[str]) -> None:
     try:
         summary = trainer.run(paths, hooks, scorer=scorer)
         tracker.log_metrics(summary)
-        tracker.log_model(*trainer.export_generator())
+        if dist.main:
+            tracker.log_model(*trainer.export_generator())
     except BaseException:
         tracker.end("FAILED")
         raise

@@ -111,7 +111,7 @@ def test_best_generator_is_the_one_with_the_lowest_fid(mnist, tmp_path):
 def test_conditional_training_step_changes_weights_and_samples_requested_classes(mnist, tmp_path, arch):
     from ganflow.sampling import class_grid, generate
 
-    params = parse_params({"train": {**TINY_TRAIN, "arch": arch, "conditional": True}})
+    params = parse_params({"train": {**TINY_TRAIN, "arch": arch, "conditional": True, "ema": 0.0}})  # G itself, one step in
     t = Trainer(params, mnist, "x")
     before = {k: v.clone() for k, v in t.G.state_dict().items()}
     t.train_step()

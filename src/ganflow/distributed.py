@@ -53,11 +53,11 @@ def relaunch_under_torchrun(world_size: int, argv: list[str]) -> None:
     os.execv(sys.executable, cmd)
 
 
-def init() -> Dist:
-    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); SINGLE without torchrun."""
+def init(device: torch.device) -> Dist:
+    """Join the process group torchrun set up (nccl when training on CUDA, else gloo); SINGLE without torchrun."""
     if "LOCAL_RANK" not in os.environ:
         return SINGLE
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if device.type == "cuda" else "gloo"
     local_rank = int(os.environ["LOCAL_RANK"])
     if backend == "nccl":
         torch.cuda.set_device(local_rank)

@@ -50,6 +50,11 @@ def _shift(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
     return xp[:, :, dy : dy + h, dx : dx + w]
 
 
+def holdout_size(n: int, fraction: float) -> int:
+    """Images held out to measure accuracy: at least one."""
+    return max(1, int(round(n * fraction)))
+
+
 def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorConfig, seed: int) -> tuple[Classifier, float]:
     """Train on a seeded split; return (model in eval mode, held-out accuracy)."""
     if labels is None:
@@ -58,7 +63,7 @@ def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorCo
     torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(images), generator=gen)
-    n_val = max(1, int(round(len(images) * cfg.holdout)))
+    n_val = holdout_size(len(images), cfg.holdout)
     x = torch.from_numpy(images)
     y = torch.from_numpy(labels)
     val, tr = perm[:n_val], perm[n_val:]

@@ -140,7 +140,7 @@ class Tracker:
         is recorded as the tag `param_override.<key>` instead of failing."""
         if not self.enabled:
             return
-        existing = self.mlflow.get_run(self.run_id).data.params
+        existing = _retry(lambda: self.mlflow.get_run(self.run_id), "get_run").data.params
         new = {k: str(v) for k, v in params.items() if k not in existing}
         changed = {k: str(v) for k, v in params.items() if k in existing and existing[k] != str(v)}
         if new:

@@ -23,6 +23,7 @@ from ganflow.distributed import SINGLE, Dist, all_mean, device_for, gather
 from ganflow.data import ImageSet
 from ganflow.io import save_grid, write_bytes
 from ganflow.nets import NetConfig, SingleInput, build
+from ganflow.sampling import to_uint8
 
 log = logging.getLogger("ganflow.train")
 
@@ -143,7 +144,7 @@ class Trainer:
         self.D_aug = (lambda x, y=None: D_step(aug(x), y)) if cfg.augment else D_step
         # EMA of G's weights: per-step decay from a half-life in images
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema > 0 else None
-        self.ema_beta = 0.5 ** (cfg.batch_size / cfg.ema) if cfg.ema > 0 else 0.0
+        self.ema_beta = 0.5 ** (cfg.batch_size * dist.world_size / cfg.ema) if cfg.ema > 0 else 0.0
         # the whole data set stays on the device as uint8; batches are index draws there
         self.images = torch.from_numpy(data.images).to(self.device)
         self.labels = torch.from_numpy(data.labels).to(self.device) if n_classes else None
@@ -241,7 +242,7 @@ class Trainer:
     def export_generator(self) -> tuple[torch.nn.Module, np.ndarray]:
         """A CPU copy of the generator in eval mode behind one input tensor, and an input example."""
         G, _ = build(self.cfg.arch, self.net_cfg)
-        G.load_state_dict(self.generator_dict()["state_dict"])
+        G.load_state_dict({k: v.cpu() for k, v in self.G_eval.state_dict().items()})
         example = np.random.default_rng(0).standard_normal((2, self.cfg.z_dim), dtype=np.float32)
         if self.net_cfg.n_classes:
             example = np.concatenate([example, np.array([[0.0], [1.0]], dtype=np.float32)], axis=1)
@@ -308,7 +309,7 @@ class Trainer:
     def grid(self) -> torch.Tensor:
         with evaluating(self.G_eval) as G:
             x = G(self.fixed_z, self.fixed_y).float()
-        return x.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+        return to_uint8(x).cpu()
 
     def check_fid(self, scorer: Callable[[torch.nn.Module], float], paths: TrainPaths, hooks: Hooks) -> None:
         """Score the evaluated G; keep it as the best when its FID is the lowest so far."""
