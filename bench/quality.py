@@ -33,7 +33,10 @@ from ganflow.config import load_params, parse_params  # noqa: E402
 from ganflow.data import content_hash, load_source  # noqa: E402
 from ganflow.io import save_grid  # noqa: E402
 from ganflow.sampling import class_grid, generate  # noqa: E402
-from ganflow.training import Trainer, TrainPaths, select_device  # noqa: E402
+from ganflow.accel import seed_everything, select_device  # noqa: E402
+from ganflow.outputs import TrainOutputs, TrainPaths  # noqa: E402
+from ganflow.pixels import to_float  # noqa: E402
+from ganflow.training import Trainer  # noqa: E402
 
 N_SAMPLES = 5000
 
@@ -82,7 +85,7 @@ def train_reference(images: np.ndarray, budget: float, device: torch.device, see
     criterion = nn.BCELoss()
     optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
     optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    data = torch.from_numpy(images).to(device).float().div(127.5).sub(1)
+    data = to_float(torch.from_numpy(images).to(device))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data), batch_size=64, shuffle=True, drop_last=True)
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < budget:
@@ -126,8 +129,10 @@ def ganflow_entries(default_train: dict) -> dict[str, dict]:
 def train_ganflow(overrides: dict, default_train: dict, ds, sha: str, budget: float, out: Path, device: str):
     train = {**default_train, **overrides, "steps": 10**9, "device": device, "eval_every": 0,
              "log_every": 100, "sample_every": 10**9, "checkpoint_every": 10**9}
-    t = Trainer(parse_params({"train": train}), ds, sha)
-    s = t.run(TrainPaths(out / "g.pt", out / "ckpt.pt", out / "log.tsv", out / "progress.png"), max_seconds=budget)
+    params = parse_params({"train": train})
+    seed_everything(params.seed, select_device(device))
+    t = Trainer(params, ds, sha)
+    s = t.run(TrainOutputs(TrainPaths(out / "g.pt", out / "ckpt.pt", out / "log.tsv", out / "progress.png")), max_seconds=budget)
     return t.G_eval.eval(), t.state.step, s["train_img_per_s"]
 
 
@@ -144,6 +149,7 @@ def main() -> None:
     ds = load_source(params.prepare.model_copy(update={"source": "mnist-5k", "resolution": 28, "channels": 1}), "data/raw")
     sha = content_hash(ds)
     clf_path = a.out / "evaluator.pt"
+    seed_everything(params.seed, torch.device("cpu"))
     clf, acc = evaluator.fit(ds.images, ds.labels, 10, params.evaluator, params.seed)
     evaluator.save(clf, clf_path, acc, sha, 28)
     real_hist = np.bincount(ds.labels, minlength=10) / len(ds.labels)

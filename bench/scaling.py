@@ -23,7 +23,9 @@ from ganflow import evaluator, metrics  # noqa: E402
 from ganflow.config import load_params, parse_params  # noqa: E402
 from ganflow.data import content_hash, load_source  # noqa: E402
 from ganflow.sampling import PngFolder, write_samples  # noqa: E402
-from ganflow.training import Trainer, TrainPaths  # noqa: E402
+from ganflow.accel import seed_everything  # noqa: E402
+from ganflow.outputs import TrainOutputs, TrainPaths  # noqa: E402
+from ganflow.training import Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -44,10 +46,11 @@ def main() -> None:
     rows = []
     for label, steps, n in (("base", a.steps, a.samples), ("steps ×2", 2 * a.steps, a.samples), ("samples ×10", a.steps, 10 * a.samples)):
         train = params.train.model_dump() | {"steps": steps, "eval_every": 0, "device": "cpu"}
+        seed_everything(params.seed, cpu)
         t = Trainer(parse_params({"train": train}), ds, sha)
         out = tmp / label.replace(" ", "").replace("×", "x")
         t0 = time.perf_counter()
-        t.run(TrainPaths(out / "g.pt", out / "c.pt", out / "log.tsv", out / "grid.png"))
+        t.run(TrainOutputs(TrainPaths(out / "g.pt", out / "c.pt", out / "log.tsv", out / "grid.png")))
         t_train = time.perf_counter() - t0
         G = t.G_eval.eval()
         t0 = time.perf_counter()

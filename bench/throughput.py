@@ -3,13 +3,14 @@
 The reference is written like pytorch/examples dcgan/main.py: fp32, eager, NCHW, BCE, Adam, a host
 sync per step for its printout, the same networks (ganflow's dcgan, batch-norm D) and batch size, the
 data already on the device. ganflow's step runs the same networks and loss with its levers: data and
-index draws on the device, fused Adam (CUDA), no host sync between log steps, bf16 autocast (CUDA),
-and optionally channels_last and torch.compile (--levers).
+index draws on the device, fused Adam (CUDA), no host sync between log steps, no D weight gradients
+in the G step, bf16 autocast (CUDA), and optionally channels_last and torch.compile (--levers).
+It is measured eager (train.cuda_graph off) and, on CUDA, captured as one CUDA graph (cuda_graph on).
 
     python bench/throughput.py [--device auto] [--seconds 10] [--levers compile,channels_last]
 
-Prints img/s of each and their ratio (medians of three alternating rounds), for dcgan at 28×28
-(batch 128 and 1024) and 64×64 (batch 128).
+Prints img/s of each and the ratios to the reference (medians of three alternating rounds), for
+dcgan at 28×28 (batch 128 and 1024) and 64×64 (batch 128).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ganflow.accel import seed_everything, select_device  # noqa: E402
 from ganflow.config import parse_params  # noqa: E402
 from ganflow.data import ImageSet  # noqa: E402
 from ganflow.nets import NetConfig, build  # noqa: E402
-from ganflow.training import Trainer, select_device  # noqa: E402
+from ganflow.pixels import to_float  # noqa: E402
+from ganflow.training import Trainer  # noqa: E402
 
 CASES = [(28, 128), (28, 1024), (64, 128)]
 
@@ -85,11 +88,14 @@ def reference_step_fn(resolution: int, batch: int, device: torch.device, data: t
     return step
 
 
-def ganflow_step_fn(resolution: int, batch: int, device: str, images: np.ndarray, levers: dict):
+def ganflow_step_fn(resolution: int, batch: int, device: torch.device, images: np.ndarray, levers: dict, graph: bool):
+    """ganflow's step as its loop calls it: eager, or captured as one CUDA graph at the first call."""
     train = {"arch": "dcgan", "loss": "non-saturating", "d_norm": "batch", "width": 32, "z_dim": 64,
-             "batch_size": batch, "betas": [0.5, 0.999], "ema": 0.0, "device": device, **levers}
+             "batch_size": batch, "betas": [0.5, 0.999], "ema": 0.0, "device": device.type,
+             "cuda_graph": "on" if graph else "off", **levers}
+    seed_everything(0, device)
     t = Trainer(parse_params({"train": train}), ImageSet(images, None, []), "bench")
-    return t.train_step
+    return t.levers.stepper(t.train_step, (t.opt_d, t.opt_g))
 
 
 def main() -> None:
@@ -101,20 +107,24 @@ def main() -> None:
     device = select_device(a.device)
     levers = {name: True for name in a.levers.split(",") if name}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    graphs = device.type == "cuda" and not levers.get("compile")
     print(f"device: {name}; torch {torch.__version__}; levers: {levers or 'defaults'}")
-    print(f"{'case':<16}{'reference img/s':>16}{'ganflow img/s':>16}{'ratio':>8}")
+    print(f"{'case':<14}{'reference':>12}{'eager':>12}{'graphed':>12}{'eager/ref':>11}{'graphed/ref':>13}   (img/s)")
     rng = np.random.default_rng(0)
     for resolution, batch in CASES:
         images = rng.integers(0, 256, size=(4096, 1, resolution, resolution), dtype=np.uint8)
-        data = torch.from_numpy(images).to(device).float().div(127.5).sub(1)
-        ref_step = reference_step_fn(resolution, batch, device, data)
-        gan_step = ganflow_step_fn(resolution, batch, str(device), images, levers)
-        # alternate short rounds, so drifting machine speed hits both alike; report medians
-        rounds = [(timed(ref_step, device, a.seconds / 3)[0], timed(gan_step, device, a.seconds / 3)[0]) for _ in range(3)]
-        ref = float(np.median([r for r, _ in rounds]))
-        gan = float(np.median([g for _, g in rounds]))
-        ratio = float(np.median([g / r for r, g in rounds]))
-        print(f"{resolution}px b{batch:<10}{ref * batch:>16.0f}{gan * batch:>16.0f}{ratio:>7.2f}×", flush=True)
+        data = to_float(torch.from_numpy(images).to(device))
+        steps = {"reference": reference_step_fn(resolution, batch, device, data),
+                 "eager": ganflow_step_fn(resolution, batch, device, images, levers, graph=False)}
+        if graphs:
+            steps["graphed"] = ganflow_step_fn(resolution, batch, device, images, levers, graph=True)
+        # alternate short rounds, so drifting machine speed hits all alike; report medians
+        rounds = [{k: timed(fn, device, a.seconds / 3)[0] for k, fn in steps.items()} for _ in range(3)]
+        rate = {k: float(np.median([r[k] for r in rounds])) * batch for k in steps}
+        ratio = {k: float(np.median([r[k] / r["reference"] for r in rounds])) for k in steps}
+        cells = [f"{rate[k]:>12.0f}" if k in rate else f"{'n/a':>12}" for k in ("reference", "eager", "graphed")]
+        ratios = f"{ratio['eager']:>10.2f}×" + (f"{ratio['graphed']:>12.2f}×" if graphs else f"{'n/a':>13}")
+        print(f"{resolution}px b{batch:<9}{''.join(cells)}{ratios}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ import time
 import numpy as np
 
 from ganflow import data, evaluator, metrics
-from ganflow.cli import stage
+from ganflow.accel import select_device
+from ganflow.stage import stage
 from ganflow.config import flatten, load_params
 from ganflow.io import write_json
 from ganflow.sampling import PngFolder
 from ganflow.tracking import Tracker, read_handle
-from ganflow.training import select_device
 
 log = logging.getLogger("ganflow.evaluate")
 

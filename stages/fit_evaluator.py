@@ -2,8 +2,10 @@
 
 import argparse
 
-from ganflow import data, evaluator
-from ganflow.cli import stage
+import torch
+
+from ganflow import accel, data, evaluator
+from ganflow.stage import stage
 from ganflow.config import load_params
 from ganflow.io import write_json
 
@@ -19,6 +21,7 @@ def main(argv: list[str]) -> None:
     params = load_params(a.params)
 
     ds, meta = data.load_prepared(a.prepared)
+    accel.seed_everything(params.seed, torch.device("cpu"))
     model, acc = evaluator.fit(ds.images, ds.labels, len(ds.classes), params.evaluator, params.seed)
     evaluator.save(model, a.model, acc, meta["sha256"], meta["shape"][-1])
     held_out = evaluator.holdout_size(len(ds.images), params.evaluator.holdout)

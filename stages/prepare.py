@@ -3,7 +3,7 @@
 import argparse
 
 from ganflow import data
-from ganflow.cli import stage
+from ganflow.stage import stage
 from ganflow.config import load_params
 from ganflow.io import save_grid
 

@@ -2,12 +2,12 @@
 
 import argparse
 
-from ganflow.checkpoint import load_generator
-from ganflow.cli import stage
+from ganflow.accel import select_device
+from ganflow.stage import stage
 from ganflow.config import load_params
+from ganflow.generator import load_generator
 from ganflow.io import save_grid
 from ganflow.sampling import class_grid, write_samples
-from ganflow.training import select_device
 
 
 @stage

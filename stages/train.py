@@ -4,11 +4,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from ganflow import data, distributed, metrics
-from ganflow.cli import stage
+from ganflow import accel, data, deps, distributed, metrics
+from ganflow.stage import stage
 from ganflow.config import flatten, load_params
+from ganflow.outputs import TrainOutputs, TrainPaths
 from ganflow.tracking import TAG_RESUMED_FROM, TAG_RESUMED_STEP, Tracker
-from ganflow.training import Hooks, Trainer, TrainPaths, select_device
+from ganflow.training import Hooks, Selection, Trainer
 
 log = logging.getLogger("ganflow.train")
 
@@ -29,12 +30,15 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     params = load_params(a.params)
     distributed.relaunch_under_torchrun(distributed.world_size_for(params.train.devices), argv)
-    dist = distributed.init(select_device(params.train.device))  # one process unless train.devices > 1
+    device = accel.select_device(params.train.device)
+    dist = distributed.init(device)  # one process unless train.devices > 1
+    # every rank draws its own batches and noise; the nets start equal (DDP broadcasts rank 0's)
+    accel.seed_everything(params.seed + 1_000_003 * dist.rank, device)
 
     # rank 0 alone talks to MLflow; the tracker fails fast on an unreachable server
     tracker = Tracker(params.tracking if dist.main else params.tracking.model_copy(update={"enabled": False}))
     ds, meta = data.load_prepared(a.prepared)
-    trainer = Trainer(params, ds, meta["sha256"], dist)
+    trainer = Trainer(params, ds, meta["sha256"], dist, code=deps.code_hash(__file__))
     decision = trainer.try_resume(a.checkpoint)
     if dist.main:
         log.info(decision)
@@ -49,16 +53,16 @@ def main(argv: list[str]) -> None:
             tracker.mark(previous, "KILLED")
         tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed["step"])})
     trainer.extra["run_id"] = tracker.run_id
-    scorer = metrics.TrainingFID(
+    selection = Selection(metrics.key("fid", "classifier"), metrics.TrainingFID(
         ds.images, meta["sha256"], a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
-    )
-    paths = TrainPaths(a.generator, a.checkpoint, a.log_tsv, a.grid, a.generator_best, a.fid_tsv)
+    ))
+    outputs = TrainOutputs(TrainPaths(a.generator, a.checkpoint, a.log_tsv, a.grid, a.generator_best, a.fid_tsv))
     hooks = Hooks(
         on_metrics=tracker.log_metrics,
         on_grid=lambda g, step: tracker.log_image(g, "train_grid", step),
     )
     try:
-        summary = trainer.run(paths, hooks, scorer=scorer)
+        summary = trainer.run(outputs, hooks, selection=selection)
         tracker.log_metrics(summary)
         if dist.main:
             tracker.log_model(*trainer.export_generator())

@@ -4,17 +4,21 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN
-from ganflow import GanflowError, checkpoint
+from ganflow import GanflowError, accel
 from ganflow.config import parse_params
-from ganflow.training import Trainer, TrainPaths
+from ganflow.generator import load_generator
+from ganflow.outputs import TrainOutputs, TrainPaths
+from ganflow.training import Selection, Trainer
 
 
 def paths(d):
-    return TrainPaths(d / "generator.pt", d / "checkpoint.pt", d / "log.tsv", d / "grid.png", d / "best.pt", d / "fid.tsv")
+    return TrainOutputs(TrainPaths(d / "generator.pt", d / "checkpoint.pt", d / "log.tsv", d / "grid.png", d / "best.pt", d / "fid.tsv"))
 
 
 def train(mnist, out, resume=True, **overrides):
+    """What the train stage does: seed, build, resume when the checkpoint matches, run."""
     params = parse_params({"train": {**TINY_TRAIN, **overrides}})
+    accel.seed_everything(params.seed, accel.select_device(params.train.device))
     t = Trainer(params, mnist, "sha-test")
     if resume:
         t.try_resume(out / "checkpoint.pt")
@@ -48,7 +52,7 @@ def test_checkpoint_round_trip_with_weights_only(mnist, tmp_path):
     assert ckpt["step"] == 20 and set(ckpt) >= {"G", "D", "G_ema", "opt_g", "opt_d", "rng", "fingerprint", "log_rows"}
     for k, v in t.G.state_dict().items():
         assert torch.equal(ckpt["G"][k], v)
-    G, obj = checkpoint.load_generator(tmp_path / "generator.pt")
+    G, obj = load_generator(tmp_path / "generator.pt")
     assert obj["arch"] == "dcgan" and not G.training
     for k, v in t.G_ema.state_dict().items():  # the EMA generator is the one saved
         assert torch.equal(G.state_dict()[k], v)
@@ -95,10 +99,10 @@ def test_best_generator_is_the_one_with_the_lowest_fid(mnist, tmp_path):
         snapshots[t.state.step] = {k: v.clone() for k, v in G.state_dict().items()}
         return next(scores)
 
-    summary = t.run(paths(tmp_path), scorer=scorer)
+    summary = t.run(paths(tmp_path), selection=Selection("fid_classifier", scorer))
     assert summary["best_step"] == 10 and summary["best_fid_classifier_during_training"] == 4.0
     assert 0 < summary["eval_time_fraction"] < 1
-    best, info = checkpoint.load_generator(tmp_path / "best.pt")
+    best, info = load_generator(tmp_path / "best.pt")
     assert info["step"] == 10 and info["fid_classifier"] == 4.0
     for k, v in best.state_dict().items():
         assert torch.equal(v, snapshots[10][k])
@@ -142,8 +146,9 @@ def test_fid_checks_do_not_change_training(mnist, tmp_path):
 
     runs = []
     for every in (0, 5):
+        accel.seed_everything(0, torch.device("cpu"))
         t = Trainer(parse_params({"train": {**TINY_TRAIN, "eval_every": every}}), mnist, "x")
-        t.run(paths(tmp_path / str(every)), scorer=scorer)
+        t.run(paths(tmp_path / str(every)), selection=Selection("fid_classifier", scorer))
         runs.append((tmp_path / str(every) / "generator.pt").read_bytes())
     assert runs[0] == runs[1]
 

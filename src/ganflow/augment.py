@@ -55,12 +55,15 @@ def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     return torch.where(inside.unsqueeze(1), torch.zeros_like(x), x)
 
 
-def pipeline(policies: list[str]) -> Callable[[torch.Tensor], torch.Tensor]:
+def wrap(D: Callable, policies: list[str]) -> Callable:
+    """D(x, y) that sees every input through the policies, in order (D itself when there are none)."""
+    if not policies:
+        return D
     fns = [AUGMENTS.get(p) for p in policies]
 
-    def apply(x: torch.Tensor) -> torch.Tensor:
+    def augmented(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         for fn in fns:
             x = fn(x)
-        return x
+        return D(x, y)
 
-    return apply
+    return augmented

@@ -38,13 +38,3 @@ def load(path: str | Path, expect_format: str, map_location: str | torch.device 
     if not isinstance(obj, dict) or obj.get("format") != expect_format:
         raise GanflowError(f"{path}: not a {expect_format} file (written by another program or version)")
     return obj
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """-> (generator in eval mode, the file's dict)."""
-    from ganflow.nets import NetConfig, build
-
-    obj = load(path, GENERATOR_FORMAT, map_location=device)
-    G, _ = build(obj["arch"], NetConfig(**obj["net"]))
-    G.load_state_dict(obj["state_dict"])
-    return G.to(device).eval(), obj

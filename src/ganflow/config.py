@@ -84,6 +84,7 @@ class TrainConfig(_Section):
     devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # processes (DDP via torchrun); auto: one per CUDA device
     channels_last: bool = False  # NHWC memory layout for both nets (a GPU speed lever)
     compile: bool = False  # torch.compile G and D (a speed lever; the first steps pay for compilation)
+    cuda_graph: Literal["auto", "on", "off"] = "auto"  # whole D+G step as one CUDA graph: auto (when it can) | on | off
     log_every: PosInt = 20  # steps between loss logs (TSV + MLflow)
     sample_every: PosInt = 200  # steps between fixed-noise grids
     checkpoint_every: PosInt = 100  # steps between training checkpoints
@@ -92,6 +93,15 @@ class TrainConfig(_Section):
 
     _arch = field_validator("arch")(_registered("ganflow.nets", "ARCHS"))
     _loss = field_validator("loss")(_registered("ganflow.losses", "LOSSES"))
+
+    @model_validator(mode="after")
+    def _cuda_graph_possible(self):
+        why = ("train.device is " + self.device if self.device in ("cpu", "mps") else
+               "train.compile is on" if self.compile else
+               "train.devices is not 1 (DDP runs eagerly)" if self.devices != 1 else None)
+        if self.cuda_graph == "on" and why:
+            raise ValueError(f"train.cuda_graph is on, but {why}: use auto or off")
+        return self
 
     @field_validator("augment")
     @classmethod

@@ -9,17 +9,19 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from ganflow import GanflowError
-from ganflow.config import PrepareConfig
 from ganflow.io import atomic_dir
 from ganflow.registry import Registry
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+if TYPE_CHECKING:
+    from ganflow.config import PrepareConfig
 
 
 @dataclass
@@ -33,6 +35,24 @@ class ImageSet:
             raise ValueError(f"images must be uint8 N×C×H×W, got {self.images.dtype} {self.images.shape}")
         if self.labels is not None and len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
+
+
+class ImageArray(Dataset):
+    """uint8 N×C×H×W array, or a Dataset of uint8 C×H×W tensors, as torch-fidelity takes it;
+    `rgb` expands grayscale to 3 channels (Inception wants RGB)."""
+
+    def __init__(self, images: np.ndarray | Dataset, rgb: bool = False):
+        if isinstance(images, np.ndarray) and (images.dtype != np.uint8 or images.ndim != 4):
+            raise ValueError(f"expected uint8 N×C×H×W, got {images.dtype} {images.shape}")
+        self.images, self.rgb = images, rgb
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+        return x.expand(3, -1, -1) if self.rgb and x.shape[0] == 1 else x
 
 
 SOURCES: Registry = Registry("data source")

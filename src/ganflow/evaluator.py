@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,7 +14,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ganflow import GanflowError, checkpoint
-from ganflow.config import EvaluatorConfig
+from ganflow.data import ImageArray
+from ganflow.pixels import to_float
+
+if TYPE_CHECKING:
+    from ganflow.config import EvaluatorConfig
 
 log = logging.getLogger("ganflow.evaluator")
 FORMAT = "ganflow-evaluator-v1"
@@ -38,7 +43,7 @@ class Classifier(nn.Module):
 
     def forward(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 N×C×H×W -> (features N×feature_dim, logits N×n_classes)."""
-        feats = self.body(x_uint8.float().div(127.5).sub(1))
+        feats = self.body(to_float(x_uint8))
         return feats, self.head(feats)
 
 
@@ -56,11 +61,10 @@ def holdout_size(n: int, fraction: float) -> int:
 
 
 def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorConfig, seed: int) -> tuple[Classifier, float]:
-    """Train on a seeded split; return (model in eval mode, held-out accuracy)."""
+    """Train on a split seeded by `seed`; return (model in eval mode, held-out accuracy). The weights
+    are drawn from torch's global RNG: seed it first (accel.seed_everything) for a repeatable model."""
     if labels is None:
         raise GanflowError("the prepared data has no labels: the classifier feature space needs class sub-folders")
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(images), generator=gen)
     n_val = holdout_size(len(images), cfg.holdout)
@@ -93,8 +97,6 @@ def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorCo
 def predict(model: Classifier, images, batch_size: int = 500) -> np.ndarray:
     """Predicted classes of a uint8 N×C×H×W array or a Dataset of uint8 C×H×W tensors, in batches."""
     from torch.utils.data import DataLoader
-
-    from ganflow.metrics import ImageArray
 
     device = next(model.parameters()).device
     loader = DataLoader(ImageArray(images), batch_size=batch_size)

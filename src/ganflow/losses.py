@@ -16,7 +16,17 @@ Disc = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 class Loss:
+    """A loss may keep state (a running mean for a regulariser, say): it goes into the checkpoint
+    through state_dict/load_state_dict, so resuming stays exact."""
+
     n_critic = 1  # D updates per G update
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
 
     def d_loss(self, D: Disc, real, fake, y=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (loss, logits on real, logits on fake)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -21,8 +21,11 @@ import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from ganflow import GanflowError
-from ganflow.config import EvaluateConfig
+from ganflow import GanflowError, evaluator
+from ganflow.data import ImageArray
+
+if TYPE_CHECKING:
+    from ganflow.config import EvaluateConfig
 
 log = logging.getLogger("ganflow.metrics")
 
@@ -58,8 +61,6 @@ class ClassifierExtractor(FeatureExtractorBase):
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        from ganflow import evaluator
-
         if feature_extractor_weights_path is None:
             raise GanflowError(f"{CLASSIFIER_EXTRACTOR} needs feature_extractor_weights_path (models/evaluator.pt)")
         self.model, _ = evaluator.load(feature_extractor_weights_path)
@@ -95,24 +96,6 @@ def register() -> None:
 
     if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
         torch_fidelity.register_feature_extractor(CLASSIFIER_EXTRACTOR, ClassifierExtractor)
-
-
-class ImageArray(Dataset):
-    """uint8 N×C×H×W array, or a Dataset of uint8 C×H×W tensors, as torch-fidelity takes it;
-    `rgb` expands grayscale to 3 channels (Inception wants RGB)."""
-
-    def __init__(self, images: np.ndarray | Dataset, rgb: bool = False):
-        if isinstance(images, np.ndarray) and (images.dtype != np.uint8 or images.ndim != 4):
-            raise ValueError(f"expected uint8 N×C×H×W, got {images.dtype} {images.shape}")
-        self.images, self.rgb = images, rgb
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = self.images[i]
-        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
-        return x.expand(3, -1, -1) if self.rgb and x.shape[0] == 1 else x
 
 
 def inception_cache_path() -> Path:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ganflow import GanflowError
 from ganflow.io import atomic_dir, to_pil
+from ganflow.pixels import to_uint8
 
 BLOCK = 64
 
@@ -28,11 +29,6 @@ def latent(seed: int, index: int, z_dim: int) -> torch.Tensor:
 
 def latents(seed: int, start: int, stop: int, z_dim: int) -> torch.Tensor:
     return torch.stack([latent(seed, i, z_dim) for i in range(start, stop)])
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> uint8, rounded."""
-    return x.float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def labels(G: torch.nn.Module, classes: list[int] | None, start: int, stop: int) -> torch.Tensor | None:

@@ -1,4 +1,5 @@
-"""Generators and discriminators, registered by architecture name.
+"""Generators and discriminators, registered by architecture name: a new architecture is a new
+module in this package that decorates its builder with `@ARCHS.register(name)`.
 
 A builder takes a NetConfig and returns (G, D):
   G(z: N×z_dim [, y: N]) -> N×C×H×W in [-1, 1]
@@ -29,7 +30,8 @@ class NetConfig:
         return asdict(self)
 
 
-ARCHS: Registry[Callable[[NetConfig], tuple[nn.Module, nn.Module]]] = Registry("architecture")
+# every module of this package registers its architecture here when the registry is first used
+ARCHS: Registry[Callable[[NetConfig], tuple[nn.Module, nn.Module]]] = Registry("architecture", discover=__name__)
 
 
 def build(arch: str, cfg: NetConfig) -> tuple[nn.Module, nn.Module]:
@@ -95,26 +97,9 @@ class Projection(nn.Module):
         return out
 
 
-class SingleInput(nn.Module):
-    """The generator behind one tensor, as MLflow serves it: N×z_dim latents, plus for a
-    class-conditional generator a last column holding the class index."""
-
-    def __init__(self, G: nn.Module):
-        super().__init__()
-        self.G = G
-
-    def forward(self, zy: torch.Tensor) -> torch.Tensor:
-        if self.G.cfg.n_classes:
-            return self.G(zy[:, :-1], zy[:, -1].long())
-        return self.G(zy)
-
-
 def up_plan(resolution: int) -> tuple[int, int]:
     """(base side, number of ×2 upsamplings) so that base·2^k == resolution."""
     plans = {28: (7, 2), 32: (4, 3), 64: (4, 4)}
     if resolution not in plans:
         raise ValueError(f"resolution must be one of {sorted(plans)}, got {resolution}")
     return plans[resolution]
-
-
-from ganflow.nets import dcgan, seed, sngan  # noqa: E402,F401  (registers the architectures)

@@ -1,0 +1,226 @@
+"""Every speed lever in one place: device choice, optimisers (fused and capturable Adam), autocast,
+channels_last, torch.compile, the DDP wrap, and the whole D+G step captured as one CUDA graph.
+
+The Trainer asks a `Levers` object for what it needs; nothing here knows what a GAN is. Nothing
+here sets process-wide torch state either, except `seed_everything`, which is for stage entry points.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Protocol
+
+import torch
+from torch import nn
+
+from ganflow import GanflowError
+from ganflow.distributed import SINGLE, Dist, device_for
+
+if TYPE_CHECKING:
+    from ganflow.config import TrainConfig
+
+log = logging.getLogger("ganflow.accel")
+
+GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (real training steps)
+
+
+def select_device(name: str) -> torch.device:
+    """train.device -> a torch device: auto is CUDA, then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GanflowError("train.device is cuda, but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GanflowError("train.device is mps, but MPS is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed torch's global RNG, and on the CPU ask for deterministic kernels (bit-identical reruns;
+    on CUDA they would need cuBLAS settings and cost speed). Process-wide: stage entry points call
+    this, the library never does."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(device.type == "cpu")
+
+
+class GraphBackend(Protocol):
+    """How a step is warmed up and captured: CUDA in production, a stand-in in CPU tests."""
+
+    def prepare(self, optimizers: Iterable[torch.optim.Optimizer]) -> None: ...
+
+    def warmup(self, fn: Callable[[], Any]) -> Any: ...
+
+    def capture(self, fn: Callable[[], Any]) -> Callable[[], Any]: ...
+
+
+class CudaGraphs:
+    def prepare(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
+        for opt in optimizers:  # Adam's step counters must live on the device to be captured
+            for group in opt.param_groups:
+                group["capturable"] = True
+
+    def warmup(self, fn: Callable[[], Any]) -> Any:
+        # warm-up runs on a side stream, as capture requires (cuBLAS/cuDNN workspaces, autograd state)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = fn()
+        torch.cuda.current_stream().wait_stream(side)
+        return out
+
+    def capture(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = fn()  # recorded, not run: every tensor it touches keeps its address
+
+        def replay() -> Any:
+            graph.replay()
+            return static_out
+
+        return replay
+
+
+class GraphedStep:
+    """`fn` (one whole training step) run eagerly for the first `warmup` calls, captured as one graph
+    on the next, then replayed. Every call is exactly one real step; capture happens at the first
+    call, so whatever was loaded before (a checkpoint's weights and optimiser state) is what the
+    graph points at. `on_capture_error` decides what a failed capture does (auto: fall back)."""
+
+    def __init__(self, fn: Callable[[], Any], backend: GraphBackend, warmup: int = GRAPH_WARMUP_STEPS,
+                 on_capture_error: Callable[[Exception], None] | None = None):
+        self.fn, self.backend, self.warmup = fn, backend, warmup
+        self.on_capture_error = on_capture_error
+        self.calls = 0
+        self.replay: Callable[[], Any] | None = None
+        self.failed = False
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        if self.replay is not None:
+            return self.replay()
+        if self.failed:
+            return self.fn()
+        if self.calls <= self.warmup:
+            return self.backend.warmup(self.fn)
+        try:
+            self.replay = self.backend.capture(self.fn)
+        except Exception as err:  # noqa: BLE001 - auto mode reports it and goes on eagerly
+            if self.on_capture_error is None:
+                raise
+            self.failed = True
+            self.on_capture_error(err)
+            return self.fn()
+        return self.replay()
+
+
+@dataclass
+class Levers:
+    """The speed levers one training process uses, resolved once from train.* and the device."""
+
+    device: torch.device
+    dist: Dist = SINGLE
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graph: str = "off"  # the train.cuda_graph setting: auto | on | off
+    graph: bool = False  # capture the whole step (decided from cuda_graph, device, DDP, compile)
+    graph_reason: str = ""  # why graphs are (not) used, for the log
+    graph_backend: GraphBackend = field(default_factory=CudaGraphs)
+
+    @property
+    def fused(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def place(self, *nets: nn.Module) -> None:
+        """Move nets to the device, in the chosen memory layout (in place)."""
+        for net in nets:
+            net.to(self.device)
+            if self.channels_last:
+                net.to(memory_format=torch.channels_last)
+
+    def for_step(self, net: nn.Module) -> nn.Module:
+        """The view of `net` that a training step calls: DDP-wrapped (gradients averaged over
+        ranks) and compiled, as configured. The module itself keeps the state."""
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            net = DDP(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(net) if self.compile else net
+
+    def for_frozen(self, net: nn.Module) -> nn.Module:
+        """The view of `net` called while its weights are frozen (D during the G step): no DDP wrap,
+        since no gradient of its weights is made and so none is averaged."""
+        return torch.compile(net) if self.compile else net
+
+    def adam(self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+        kw = {"fused": True} if self.fused else {}
+        return torch.optim.Adam(params, lr=lr, betas=betas, **kw)
+
+    def load_optimizer(self, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Load an optimiser's state but keep this run's levers: a checkpoint's param groups carry the
+        fused/capturable flags of the process that saved it (a graphed GPU run, say)."""
+        levers = [{k: g[k] for k in ("fused", "capturable", "foreach") if k in g} for g in opt.param_groups]
+        opt.load_state_dict(state)
+        for group, keep in zip(opt.param_groups, levers):
+            group.update(keep)
+
+    def autocast(self) -> ContextManager:
+        """bf16 autocast on CUDA (its weight cache off under graphs, which replay without it)."""
+        if self.device.type != "cuda":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not self.graph)
+
+    def stepper(self, step: Callable[[], Any], optimizers: Iterable[torch.optim.Optimizer]) -> Callable[[], Any]:
+        """What the loop calls once per step: `step` itself, or `step` captured as one CUDA graph."""
+        if not self.graph:
+            return step
+        self.graph_backend.prepare(optimizers)
+
+        def fallback(err: Exception) -> None:
+            if self.cuda_graph == "on":
+                raise GanflowError(f"train.cuda_graph is on, but capturing the step failed: {_first_line(err)}") from None
+            log.warning("train.cuda_graph auto: capture failed (%s); training eagerly", _first_line(err))
+            self.graph = False
+
+        return GraphedStep(step, self.graph_backend, on_capture_error=fallback)
+
+
+def levers(cfg: TrainConfig, dist: Dist = SINGLE) -> Levers:
+    """Resolve train.* into the levers of this process; `cuda_graph: on` where graphs cannot be used
+    is one error here, before any work."""
+    device = device_for(dist, select_device(cfg.device))
+    graph, reason = graph_decision(cfg.cuda_graph, device, dist, cfg.compile)
+    log.info("train.cuda_graph %s: %s", cfg.cuda_graph, reason)
+    return Levers(device, dist, cfg.channels_last, cfg.compile, cfg.cuda_graph, graph, reason)
+
+
+def graph_decision(setting: str, device: torch.device, dist: Dist, compiled: bool) -> tuple[bool, str]:
+    """(capture the step?, why) from train.cuda_graph and what this process has."""
+    if setting == "off":
+        return False, "eager"
+    blocker = None
+    if device.type != "cuda":
+        blocker = f"the device is {device.type}, and CUDA graphs need CUDA"
+    elif dist.active:
+        blocker = "training is data-parallel (DDP), which runs eagerly"
+    elif compiled:
+        blocker = "train.compile is on; the two are not combined"
+    if blocker and setting == "on":
+        raise GanflowError(f"train.cuda_graph is on, but {blocker}")
+    if blocker:
+        return False, f"eager, because {blocker}"
+    return True, "the whole D+G step is captured as one CUDA graph at the first step"
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__

@@ -1,0 +1,232 @@
+"""Speed levers: train.cuda_graph validation and dispatch, capture after resume (with a stand-in for
+the CUDA graph on the CPU), the frozen D in the G step, channels_last, max_seconds, export.
+CUDA-only checks at the end are skipped without a GPU."""
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from ganflow import GanflowError, accel, losses
+from ganflow.config import ConfigError, parse_params
+from ganflow.generator import serving_model
+from ganflow.training import Trainer
+from test_training import paths, train
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class StandInGraphs:
+    """Records what a CUDA graph backend is asked to do; 'replay' runs the step eagerly, so results
+    equal an eager run exactly when every call is exactly one real step."""
+
+    def __init__(self, trainer: Trainer, fail: bool = False):
+        self.trainer, self.fail, self.events = trainer, fail, []
+
+    def prepare(self, optimizers):
+        self.events.append(("prepare", self.trainer.state.step))
+
+    def warmup(self, fn):
+        self.events.append(("warmup", self.trainer.state.step))
+        return fn()
+
+    def capture(self, fn):
+        t = self.trainer
+        # what the graph would point at: the optimiser state tensors present at capture
+        self.captured_state = [id(s["exp_avg"]) for s in t.opt_g.state.values()]
+        self.events.append(("capture", t.state.step))
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+        return fn
+
+
+def graphed(t: Trainer, mode: str = "auto", fail: bool = False) -> StandInGraphs:
+    backend = StandInGraphs(t, fail)
+    t.levers.graph, t.levers.cuda_graph, t.levers.graph_backend = True, mode, backend
+    return backend
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"cuda_graph": "on", "device": "cpu"}, "train.cuda_graph is on, but train.device is cpu"),
+    ({"cuda_graph": "on", "compile": True}, "train.cuda_graph is on, but train.compile is on"),
+    ({"cuda_graph": "on", "devices": 2}, "train.cuda_graph is on, but train.devices is not 1"),
+    ({"cuda_graph": "sometimes"}, "params.yaml: train.cuda_graph must be 'auto', 'on' or 'off'"),
+])
+def test_cuda_graph_settings_that_cannot_work_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        parse_params({"train": overrides})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_cuda_graph_on_without_cuda_stops_before_any_work(mnist):
+    with pytest.raises(GanflowError, match="train.cuda_graph is on, but the device is cpu, and CUDA graphs need CUDA"):
+        Trainer(parse_params({"train": {**TINY_TRAIN, "device": "auto", "cuda_graph": "on"}}), mnist, "x")
+
+
+def test_graph_decision_names_the_reason():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    from ganflow.distributed import Dist
+
+    assert accel.graph_decision("off", gpu, Dist(), False) == (False, "eager")
+    assert accel.graph_decision("auto", cpu, Dist(), False) == (False, "eager, because the device is cpu, and CUDA graphs need CUDA")
+    assert accel.graph_decision("auto", gpu, Dist(0, 2, 0), False)[1] == "eager, because training is data-parallel (DDP), which runs eagerly"
+    assert accel.graph_decision("auto", gpu, Dist(), True)[0] is False
+    assert accel.graph_decision("auto", gpu, Dist(), False)[0] is True
+
+
+def test_eager_dispatch_calls_the_step_itself(mnist):
+    t = Trainer(parse_params({"train": {**TINY_TRAIN, "cuda_graph": "auto"}}), mnist, "x")
+    assert not t.levers.graph  # CPU: auto means eager
+    assert t.levers.stepper(t.train_step, (t.opt_d, t.opt_g)) == t.train_step
+
+
+def test_capture_happens_after_resume_and_every_call_is_one_real_step(mnist, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(mnist, whole)  # eager, 20 steps
+    train(mnist, split, steps=10)  # "killed" after the step-10 checkpoint
+    accel.seed_everything(0, torch.device("cpu"))
+    t = Trainer(parse_params({"train": TINY_TRAIN}), mnist, "sha-test")
+    backend = graphed(t)
+    assert t.try_resume(split / "checkpoint.pt").startswith("resuming")
+    loaded = [id(s["exp_avg"]) for s in t.opt_g.state.values()]
+    t.run(paths(split))
+    # prepared, three warm-up steps from the resumed step on, then one capture, all after the load
+    assert backend.events == [("prepare", 10), ("warmup", 10), ("warmup", 11), ("warmup", 12), ("capture", 13)]
+    assert backend.captured_state == loaded  # the graph would point at the loaded optimiser state
+    assert t.state.step == 20
+    assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_a_failed_capture_falls_back_in_auto_and_stops_in_on(mnist, tmp_path, mode, caplog):
+    accel.seed_everything(0, torch.device("cpu"))
+    t = Trainer(parse_params({"train": TINY_TRAIN}), mnist, "x")
+    graphed(t, mode, fail=True)
+    if mode == "on":
+        with pytest.raises(GanflowError, match="train.cuda_graph is on, but capturing the step failed: RuntimeError: operation not permitted"):
+            t.run(paths(tmp_path))
+        return
+    t.run(paths(tmp_path))
+    assert t.state.step == 20 and not t.levers.graph
+    assert "train.cuda_graph auto: capture failed (RuntimeError: operation not permitted" in caplog.text
+
+
+def test_the_g_step_makes_no_gradient_for_d(mnist):
+    t = Trainer(parse_params({"train": TINY_TRAIN}), mnist, "x")
+    calls = {"D": 0, "G": 0}
+    for name, net in (("D", t.D), ("G", t.G)):
+        for p in net.parameters():
+            p.register_hook(lambda g, name=name: calls.__setitem__(name, calls[name] + 1))
+    t.train_step()
+    n_d, n_g = sum(1 for _ in t.D.parameters()), sum(1 for _ in t.G.parameters())
+    assert calls == {"D": n_d, "G": n_g}  # D's weights got gradients in the D step only
+    assert all(p.requires_grad for p in t.D.parameters())  # and are trainable again
+
+
+def test_channels_last_trains_in_nhwc(mnist, tmp_path):
+    t = train(mnist, tmp_path, channels_last=True, steps=10)
+    conv = next(p for p in t.G.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert t.state.step == 10 and all(torch.isfinite(torch.tensor(r)).all() for r in t.state.log_rows)
+
+
+def test_max_seconds_stops_early_and_still_writes_every_output(mnist, tmp_path):
+    accel.seed_everything(0, torch.device("cpu"))
+    t = Trainer(parse_params({"train": {**TINY_TRAIN, "steps": 10**6}}), mnist, "x")
+    summary = t.run(paths(tmp_path), max_seconds=0.0)
+    assert t.state.step == 1 and summary["steps_run"] == 1  # the first step is always taken
+    assert torch.load(tmp_path / "generator.pt", weights_only=True)["step"] == 1
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert (tmp_path / "log.tsv").read_text().splitlines()[1].startswith("1\t")
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_exported_generator_matches_the_evaluated_one(mnist, conditional):
+    t = Trainer(parse_params({"train": {**TINY_TRAIN, "conditional": conditional}}), mnist, "x")
+    t.train_step()
+    model, example = t.export_generator()
+    assert example.shape == (2, TINY_TRAIN["z_dim"] + conditional)
+    x = torch.from_numpy(example)
+    with torch.no_grad():
+        out = model(x)
+        G = t.G_eval.eval()
+        want = G(x[:, :-1], x[:, -1].long()) if conditional else G(x)
+    assert out.shape == (2, 1, 28, 28) and torch.equal(out, want)
+    assert not model.training and all(p.device.type == "cpu" for p in model.parameters())
+    again, _ = serving_model(t.generator_dict())
+    assert torch.equal(again(x), out)
+
+
+@pytest.fixture
+def counting_loss():
+    """A stateful loss (a running mean of D's real logits, as LeCam keeps): its state must resume."""
+
+    @losses.LOSSES.register("test-counting")
+    class Counting(losses.Hinge):
+        def __init__(self):
+            self.ema = torch.zeros(())
+
+        def d_from_logits(self, r, f):
+            self.ema = 0.9 * self.ema + 0.1 * r.detach().mean()
+            return super().d_from_logits(r, f) + 0.1 * (r - self.ema).square().mean()
+
+        def state_dict(self):
+            return {"ema": self.ema}
+
+        def load_state_dict(self, state):
+            self.ema = state["ema"]
+
+    yield "test-counting"
+    del losses.LOSSES._items["test-counting"]
+
+
+def test_a_stateful_loss_resumes_exactly(mnist, tmp_path, counting_loss):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    a = train(mnist, whole, loss=counting_loss)
+    train(mnist, split, loss=counting_loss, steps=10)
+    b = train(mnist, split, loss=counting_loss)
+    assert b.resumed["step"] == 10 and torch.equal(a.loss.ema, b.loss.ema) and a.loss.ema != 0
+    assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()
+
+
+# -- CUDA only ------------------------------------------------------------------------------------
+ARCH_LOSS = [("seed", "non-saturating", "none", {}), ("dcgan", "hinge", "spectral", {}),
+             ("dcgan", "non-saturating", "batch", {}), ("dcgan", "wgan-gp", "none", {}),
+             ("sngan", "hinge", "spectral", {}), ("dcgan", "hinge", "spectral", {"conditional": True}),
+             ("sngan", "hinge", "spectral", {"conditional": True}),
+             ("dcgan", "hinge", "spectral", {"augment": ["color", "translation", "cutout"]}),
+             ("dcgan", "hinge", "spectral", {"channels_last": True})]
+
+
+def cuda_train(mnist, out, **overrides):
+    overrides = {"device": "cuda", "cuda_graph": "on", **overrides}
+    return train(mnist, out, **overrides)
+
+
+@cuda
+@pytest.mark.parametrize("arch, loss, d_norm, extra", ARCH_LOSS)
+def test_every_arch_loss_and_option_captures(mnist, tmp_path, arch, loss, d_norm, extra):
+    t = cuda_train(mnist, tmp_path, arch=arch, loss=loss, d_norm=d_norm, ema=200.0, steps=30, **extra)
+    assert t.levers.graph and t.state.step == 30
+    assert all(torch.isfinite(torch.tensor(r)).all() for r in t.state.log_rows)
+
+
+@cuda
+def test_graph_and_eager_losses_agree_in_shape_over_200_steps(mnist, tmp_path):
+    common = {"steps": 200, "log_every": 10, "batch_size": 64, "width": 32, "z_dim": 64}
+    g = cuda_train(mnist, tmp_path / "graph", **common)
+    e = cuda_train(mnist, tmp_path / "eager", cuda_graph="off", **common)
+    rg, re_ = torch.tensor(g.state.log_rows)[:, 1:3], torch.tensor(e.state.log_rows)[:, 1:3]
+    assert rg.shape == re_.shape == (20, 2)
+    # same trend: the late means of loss_D and loss_G agree within a band well inside their spread
+    assert (rg[-10:].mean(0) - re_[-10:].mean(0)).abs().max() < 0.25, (rg, re_)
+
+
+@cuda
+def test_killed_then_resumed_graphed_run_gives_the_same_generator(mnist, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    cuda_train(mnist, whole, steps=40)
+    cuda_train(mnist, split, steps=20)
+    t = cuda_train(mnist, split, steps=40)
+    assert t.resumed["step"] == 20
+    assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()

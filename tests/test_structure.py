@@ -1,0 +1,93 @@
+"""The code's shape: dvc.yaml deps are the stages' import closures, imports point one way, and the
+checkpoint's code hash comes from the same closure."""
+
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT, TINY_TRAIN
+from ganflow import deps, training
+from ganflow.config import parse_params
+
+
+def stage_scripts() -> dict[str, Path]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        script = next(w for w in stage["cmd"].split() if w.startswith("stages/") and w.endswith(".py"))
+        out[name] = ROOT / script
+    return out
+
+
+def listed_deps(stage: dict) -> set[str]:
+    """dvc.yaml deps as files (a folder stands for every .py under it)."""
+    files = set()
+    for dep in stage["deps"]:
+        p = ROOT / dep
+        files |= {f.relative_to(ROOT).as_posix() for f in p.rglob("*.py")} if p.is_dir() else {dep}
+    return files
+
+
+def test_dvc_deps_are_exactly_each_stages_import_closure():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, script in stage_scripts().items():
+        closure = {p.relative_to(ROOT).as_posix() for p in deps.closure(script)}
+        listed = {d for d in listed_deps(stages[name]) if d.endswith(".py")}
+        missing, extra = closure - listed, listed - closure
+        assert not missing and not extra, (
+            f"dvc.yaml stage {name}: deps missing {sorted(missing)}, not imported {sorted(extra)} "
+            "(`ganflow deps` prints the right lists)"
+        )
+
+
+def test_closure_follows_lazy_imports_packages_and_discovery_but_not_type_checking(tmp_path):
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from ganflow.config import Params\n"
+        "def f():\n    from ganflow.nets import build\n"
+    )
+    names = {p.relative_to(deps.SRC_DIR).as_posix() for p in deps.closure(script) if p != script.resolve()}
+    # the nets registry discovers its modules, so every architecture is a dependency
+    assert {"ganflow/__init__.py", "ganflow/nets/__init__.py", "ganflow/nets/dcgan.py", "ganflow/nets/sngan.py",
+            "ganflow/nets/seed.py", "ganflow/registry.py"} <= names
+    assert "ganflow/config.py" not in names  # a type-only import runs nothing
+
+
+def test_no_import_cycles_not_even_inside_functions():
+    graph = deps.import_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert "ganflow.training" in graph and "ganflow.nets.dcgan" in graph  # the graph was really built
+
+
+def test_library_modules_do_not_import_the_stage_scripts_or_read_argv():
+    for path in deps.PACKAGE_DIR.rglob("*.py"):
+        text = path.read_text()
+        assert "sys.argv" not in text or path.name in ("cli.py", "distributed.py"), path
+
+
+def test_code_hash_covers_the_closure_and_changes_with_any_file_in_it(tmp_path, mnist):
+    t = training.Trainer(parse_params({"train": TINY_TRAIN}), mnist, "x")
+    assert t.fingerprint["code"] == deps.code_hash(training.__file__)
+    closure = {p.name for p in deps.closure(training.__file__)}
+    assert {"io.py", "pixels.py", "accel.py", "losses.py", "dcgan.py"} <= closure  # the old hand list missed some
+    script = tmp_path / "train_like.py"
+    script.write_text("import ganflow.training\n")
+    before = deps.code_hash(script)
+    assert before != deps.code_hash(training.__file__)
+    script.write_text("import ganflow.training  # edited\n")
+    assert deps.code_hash(script) != before
