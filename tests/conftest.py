@@ -59,6 +59,25 @@ def evaluator_file(tmp_path_factory, mnist):
     return path
 
 
+class Payload:
+    """An object whose pickle runs `fn(*args)` when it is loaded: what weights_only loading must refuse."""
+
+    def __init__(self, fn=print, args=("pwned",)):
+        self.fn, self.args = fn, tuple(args)
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def closed_port() -> int:
+    """A local TCP port that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_stage(name: str, *args: str, cwd: Path = ROOT, env: dict | None = None):
     import subprocess
 

@@ -1,8 +1,11 @@
+import ast
+import re
+
 import pytest
 import yaml
 
 from conftest import ROOT, run_stage
-from ganflow.config import ConfigError, Params, flatten, load_params, parse_params
+from ganflow.config import ConfigError, Params, describe, flatten, load_params, parse_params
 
 
 def test_params_yaml_lists_every_key_with_the_code_defaults():
@@ -17,6 +20,56 @@ def test_params_yaml_lists_every_key_with_the_code_defaults():
 
     walk(raw)
     assert flat_keys == set(flatten(Params()))
+
+
+# `key: value  # comment`, indented by two spaces per level; the value may be empty (a section)
+KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>\w+):(?P<value>.*?)(?:\s+#\s?(?P<comment>.*))?$")
+
+
+def params_yaml_comments() -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """params.yaml's leaf keys and section keys (flat dot keys), each with its trailing comment or None."""
+    leaves, sections, path = {}, {}, []
+    for n, line in enumerate((ROOT / "params.yaml").read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = KEY_LINE.match(line)
+        assert m, f"params.yaml:{n}: not a `key: value  # comment` line: {line!r}"
+        depth, rest = divmod(len(m["indent"]), 2)
+        assert not rest and depth <= len(path), f"params.yaml:{n}: unexpected indentation"
+        path = path[:depth] + [m["key"]]
+        key = ".".join(path)
+        (leaves if m["value"].strip() else sections)[key] = m["comment"]
+    return leaves, sections
+
+
+def test_every_params_yaml_comment_is_the_fields_description():
+    # one text per key: config.py's Field(description=...), shown as the comment in params.yaml
+    described = describe()
+    assert set(described) == set(flatten(Params()))
+    assert [k for k, text in described.items() if not text.strip()] == [], "keys without a description"
+    leaves, sections = params_yaml_comments()
+    assert set(leaves) == set(described)
+    for key, comment in leaves.items():
+        assert comment is not None, f"params.yaml: {key} has no comment (its description: {described[key]!r})"
+        assert comment == described[key], f"params.yaml comment of {key} differs from its description in config.py"
+    with_sections = describe(sections=True)
+    assert set(sections) == set(with_sections) - set(described)
+    for key, comment in sections.items():
+        if comment is not None:  # a section comment, when there is one, is its model's docstring
+            assert comment == with_sections[key], f"params.yaml comment of section {key} differs from its docstring"
+
+
+def test_config_imports_no_registry_module():
+    # registries are looked up by name when a value is checked, so config.py depends on none of them
+    tree = ast.parse((ROOT / "src/ganflow/config.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+            imported |= {f"{node.module}.{a.name}" for a in node.names}
+    assert {m for m in imported if m.startswith("ganflow")} == {"ganflow", "ganflow.GanflowError"}
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import Payload
 from ganflow import GanflowError, metrics
 from ganflow.config import EvaluateConfig
 
@@ -77,11 +78,6 @@ def test_inception_weights_resolution(tmp_path, inception_weights, monkeypatch):
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_bytes(inception_weights.read_bytes())
     assert metrics.resolve_inception_weights(EvaluateConfig(inception="on")) == cached
-
-
-class Payload:
-    def __reduce__(self):
-        return (print, ("pwned",))
 
 
 def test_weights_with_a_pickle_payload_are_refused(tmp_path):

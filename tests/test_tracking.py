@@ -1,8 +1,7 @@
-import socket
-
 import mlflow
 import pytest
 
+from conftest import closed_port
 from ganflow import GanflowError, tracking
 from ganflow.config import TrackingConfig
 
@@ -53,18 +52,10 @@ def test_locked_database_is_retried(monkeypatch):
         tracking._retry(lambda: (_ for _ in ()).throw(ValueError("other")), "test")
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_unreachable_server_fails_fast_unless_fallback_chosen(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(GanflowError, match=f"tracking.uri {uri}: MLflow server unreachable"):
         tracking.Tracker(TrackingConfig(uri=uri))
     t = tracking.Tracker(TrackingConfig(uri=uri, fallback_to_local=True))

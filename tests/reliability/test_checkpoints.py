@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, Payload
 from ganflow import GanflowError
 from ganflow.config import parse_params
 from ganflow.generator import load_generator
@@ -80,10 +80,6 @@ def test_a_file_of_another_program_or_a_pickle_payload_is_refused(mnist, tmp_pat
     torch.save({"model": torch.zeros(3)}, other)
     with pytest.raises(GanflowError, match="not a ganflow-generator-v1 file"):
         load_generator(other)
-
-    class Payload:
-        def __reduce__(self):
-            return (print, ("pwned",))
 
     evil = tmp_path / "evil.pt"
     torch.save({"format": "ganflow-generator-v1", "x": Payload()}, evil)
