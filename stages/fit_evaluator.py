@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     ds, meta = data.load_prepared(a.prepared)
     accel.seed_everything(params.seed, torch.device("cpu"))
     model, acc = evaluator.fit(ds.images, ds.labels, len(ds.classes), params.evaluator, params.seed)
-    evaluator.save(model, a.model, acc, meta["sha256"], meta["shape"][-1])
+    evaluator.save(model, a.model, acc, meta["sha256"], meta["shape"][-1], params.evaluator, params.seed)
     held_out = evaluator.holdout_size(len(ds.images), params.evaluator.holdout)
     write_json(a.metrics, {"evaluator_accuracy": acc, "evaluator_holdout": held_out})
     print(f"evaluator held-out accuracy {acc:.4f}")

@@ -36,14 +36,25 @@ def _isolated_env(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def mnist():
-    """A 1,000-image real MNIST subset (100 per class) as a prepared ImageSet."""
+def mnist_5k():
     from ganflow.config import PrepareConfig
-    from ganflow.data import ImageSet, load_source
+    from ganflow.data import load_source
 
-    ds = load_source(PrepareConfig(), "unused")
-    idx = np.concatenate([np.flatnonzero(ds.labels == c)[:100] for c in range(10)])
-    return ImageSet(ds.images[idx], ds.labels[idx], ds.classes)
+    return load_source(PrepareConfig(), "unused")
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_5k):
+    """A 1,000-image real MNIST subset (100 per class) as a prepared ImageSet."""
+    idx = np.concatenate([np.flatnonzero(mnist_5k.labels == c)[:100] for c in range(10)])
+    return mnist_5k.subset(idx)
+
+
+@pytest.fixture(scope="session")
+def fresh_mnist(mnist_5k):
+    """The other 4,000 real digits: images of the same distribution that `mnist` does not hold."""
+    idx = np.concatenate([np.flatnonzero(mnist_5k.labels == c)[100:] for c in range(10)])
+    return mnist_5k.subset(idx)
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +62,13 @@ def evaluator_file(tmp_path_factory, mnist):
     """A classifier trained briefly on the subset, saved as models/evaluator.pt would be."""
     from ganflow import evaluator
     from ganflow.config import EvaluatorConfig
+    from ganflow.data import content_hash
 
     path = tmp_path_factory.mktemp("evaluator") / "evaluator.pt"
-    model, acc = evaluator.fit(mnist.images, mnist.labels, 10, EvaluatorConfig(epochs=10, width=16, batch_size=32, lr=0.005), seed=0)
+    cfg = EvaluatorConfig(epochs=10, width=16, batch_size=32, lr=0.005)
+    model, acc = evaluator.fit(mnist.images, mnist.labels, 10, cfg, seed=0)
     assert acc > 0.85, acc  # good enough for its feature space to tell digits from noise
-    evaluator.save(model, path, acc, "test", 28)
+    evaluator.save(model, path, acc, content_hash(mnist), 28, cfg, 0)
     return path
 
 
@@ -147,8 +160,9 @@ def stage_workspace(d: Path, images, overrides: dict | None = None) -> Path:
     from ganflow import data, evaluator
     from ganflow.config import EvaluatorConfig
 
-    data.save_prepared(images, d / "prepared", "mnist-5k")
-    model, acc = evaluator.fit(images.images, images.labels, 10, EvaluatorConfig(epochs=1, width=8), 0)
-    evaluator.save(model, d / "evaluator.pt", acc, "x", 28)
+    meta = data.save_prepared(images, d / "prepared", "mnist-5k")
+    cfg = EvaluatorConfig(epochs=1, width=8)
+    model, acc = evaluator.fit(images.images, images.labels, 10, cfg, 0)
+    evaluator.save(model, d / "evaluator.pt", acc, meta["sha256"], 28, cfg, 0)
     (d / "params.yaml").write_text(yaml.safe_dump(tiny_params(overrides)))
     return d

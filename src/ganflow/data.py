@@ -36,6 +36,9 @@ class ImageSet:
         if self.labels is not None and len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
 
+    def subset(self, index: np.ndarray) -> ImageSet:
+        return ImageSet(self.images[index], None if self.labels is None else self.labels[index], self.classes)
+
 
 class ImageArray(Dataset):
     """uint8 N×C×H×W array, or a Dataset of uint8 C×H×W tensors, as torch-fidelity takes it;
@@ -174,14 +177,21 @@ def save_prepared(ds: ImageSet, out_dir: str | Path, source: str) -> dict:
 
 
 def load_prepared(folder: str | Path) -> tuple[ImageSet, dict]:
+    """The prepared set and its meta. The arrays are checked against meta.json's content hash, so
+    meta["sha256"] always describes what was loaded (a cache keyed by it can never go stale)."""
     folder = Path(folder)
     try:
         meta = json.loads((folder / "meta.json").read_text())
         images = np.load(folder / "images.npy", allow_pickle=False)
         labels = np.load(folder / "labels.npy", allow_pickle=False) if meta["labelled"] else None
+        ds = ImageSet(images, labels, meta["classes"])
     except (OSError, ValueError, KeyError) as err:
         raise GanflowError(f"{folder}: not a prepared data set ({err}); run the prepare stage") from None
-    return ImageSet(images, labels, meta["classes"]), meta
+    if content_hash(ds) != meta.get("sha256"):
+        files = "images.npy" + (" / labels.npy" if labels is not None else "")
+        raise GanflowError(f"{folder / files}: content does not match the sha256 in {folder / 'meta.json'} "
+                           "(changed outside the prepare stage); rerun prepare")
+    return ds, meta
 
 
 def example_grid(ds: ImageSet, per_class: int = 10, seed: int = 0) -> tuple[torch.Tensor, int]:

@@ -60,26 +60,34 @@ def holdout_size(n: int, fraction: float) -> int:
     return max(1, int(round(n * fraction)))
 
 
-def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorConfig, seed: int) -> tuple[Classifier, float]:
-    """Train on a split seeded by `seed`; return (model in eval mode, held-out accuracy). The weights
-    are drawn from torch's global RNG: seed it first (accel.seed_everything) for a repeatable model."""
-    if labels is None:
-        raise GanflowError("the prepared data has no labels: the classifier feature space needs class sub-folders")
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(images), generator=gen)
-    n_val = holdout_size(len(images), cfg.holdout)
+def _split(n: int, fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    n_val = holdout_size(n, fraction)
+    return perm[:n_val], perm[n_val:]
+
+
+def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, training) indices of a data set of n images: the split `fit` makes with `seed`."""
+    val, tr = _split(n, fraction, torch.Generator().manual_seed(seed))
+    return val.numpy(), tr.numpy()
+
+
+def train(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorConfig, gen: torch.Generator,
+          order: torch.Tensor | None = None, desc: str = "evaluator") -> Classifier:
+    """The classifier trained with `cfg`'s recipe on images[order] (all images when None), in eval mode.
+    Its weights are drawn from torch's global RNG; batches and shifts from `gen`."""
     x = torch.from_numpy(images)
     y = torch.from_numpy(labels)
-    val, tr = perm[:n_val], perm[n_val:]
+    tr = torch.arange(len(images)) if order is None else order
     model = Classifier(images.shape[1], n_classes, cfg.width)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps = cfg.epochs * -(-len(tr) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    with tqdm(total=steps, desc="evaluator", unit="step", dynamic_ncols=True, mininterval=1.0) as bar:
+    with tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0) as bar:
         for _ in range(cfg.epochs):
-            order = tr[torch.randperm(len(tr), generator=gen)]
-            for i in range(0, len(order), cfg.batch_size):
-                idx = order[i : i + cfg.batch_size]
+            batch_order = tr[torch.randperm(len(tr), generator=gen)]
+            for i in range(0, len(batch_order), cfg.batch_size):
+                idx = batch_order[i : i + cfg.batch_size]
                 _, logits = model(_shift(x[idx], gen))
                 loss = F.cross_entropy(logits, y[idx])
                 opt.zero_grad(set_to_none=True)
@@ -88,9 +96,22 @@ def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorCo
                 sched.step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    pred = predict(model, images[val.numpy()])
-    return model, float((pred == labels[val.numpy()]).mean())
+    return model.eval()
+
+
+def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorConfig, seed: int) -> tuple[Classifier, float]:
+    """Train on a split seeded by `seed`; return (model in eval mode, held-out accuracy). The weights
+    are drawn from torch's global RNG: seed it first (accel.seed_everything) for a repeatable model."""
+    if labels is None:
+        raise GanflowError("the prepared data has no labels: the classifier feature space needs class sub-folders")
+    gen = torch.Generator().manual_seed(seed)
+    val, tr = _split(len(images), cfg.holdout, gen)
+    model = train(images, labels, n_classes, cfg, gen, tr)
+    return model, accuracy(model, images[val.numpy()], labels[val.numpy()])
+
+
+def accuracy(model: Classifier, images, labels: np.ndarray) -> float:
+    return float((predict(model, images) == labels).mean())
 
 
 @torch.no_grad()
@@ -103,10 +124,13 @@ def predict(model: Classifier, images, batch_size: int = 500) -> np.ndarray:
     return torch.cat([model(x.to(device))[1].argmax(1).cpu() for x in loader]).numpy()
 
 
-def save(model: Classifier, path: str | Path, accuracy: float, data_sha256: str, resolution: int) -> None:
+def save(model: Classifier, path: str | Path, accuracy: float, data_sha256: str, resolution: int,
+         cfg: EvaluatorConfig, seed: int) -> None:
+    """The weights, plus what evaluation needs to know of the fit: the data it saw (content hash),
+    the recipe and the seed of its held-out split."""
     checkpoint.save(
         {"format": FORMAT, "arch": model.arch, "resolution": resolution, "state_dict": model.state_dict(),
-         "accuracy": accuracy, "data_sha256": data_sha256},
+         "accuracy": accuracy, "data_sha256": data_sha256, "recipe": cfg.model_dump(), "seed": seed},
         path,
     )
 
@@ -116,3 +140,13 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifi
     model = Classifier(**obj["arch"])
     model.load_state_dict(obj["state_dict"])
     return model.to(device).eval(), obj
+
+
+def reference_split(info: dict, path: str | Path, data_sha256: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, training) indices of the prepared data as the evaluator saved at `path` (its `info`)
+    split it. Refuses an evaluator fitted on other data, or saved before splits were recorded."""
+    if "recipe" not in info:
+        raise GanflowError(f"{path}: made by an older ganflow (no recorded split); rerun the fit_evaluator stage")
+    if info["data_sha256"] != data_sha256:
+        raise GanflowError(f"{path}: fitted on other data than the prepared set; rerun the fit_evaluator stage")
+    return split(n, info["recipe"]["holdout"], info["seed"])
