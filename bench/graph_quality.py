@@ -54,8 +54,8 @@ def main() -> None:
             s = t.run(TrainOutputs(TrainPaths(out / "g.pt", out / "c.pt", out / "log.tsv", out / "grid.png")))
             seconds = time.perf_counter() - t0
             x = generate(t.G_eval.eval(), 1, 0, a.n, device).numpy()
-            fid = metrics.fidelity(x, ds.images, "classifier", a.evaluator, params.evaluate, device, ("fid",),
-                                   real_sha256=meta["sha256"])["fid_classifier"]
+            real = metrics.real_features(ds.images, "classifier", a.evaluator, params.evaluate, device).emb
+            fid = metrics.fid(metrics.extract(x, "classifier", a.evaluator, params.evaluate, device).emb, real)
             results.setdefault(mode, []).append(fid)
             print(f"cuda_graph {mode:<4} seed {seed}: {a.steps} steps in {seconds:6.1f} s "
                   f"({s['train_img_per_s']:,.0f} img/s), fid_classifier {fid:.2f} (N = {a.n})", flush=True)

@@ -151,7 +151,7 @@ def main() -> None:
     clf_path = a.out / "evaluator.pt"
     seed_everything(params.seed, torch.device("cpu"))
     clf, acc = evaluator.fit(ds.images, ds.labels, 10, params.evaluator, params.seed)
-    evaluator.save(clf, clf_path, acc, sha, 28)
+    evaluator.save(clf, clf_path, acc, sha, 28, params.evaluator, params.seed)
     real_hist = np.bincount(ds.labels, minlength=10) / len(ds.labels)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device {device}; "
           f"evaluator accuracy {acc:.4f}; budget {a.budget:.0f} s per entry", flush=True)
@@ -167,7 +167,7 @@ def main() -> None:
         else:
             G, steps, ips = train_ganflow(overrides, params.train.model_dump(), ds, sha, a.budget, a.out, str(device))
         x = generate(G, 1, 0, N_SAMPLES, device).numpy()
-        r = metrics.fidelity(x, ds.images, "classifier", clf_path, params.evaluate, device, real_sha256=sha)
+        r = metrics.fidelity(x, ds.images, "classifier", clf_path, params.evaluate, device)
         r |= metrics.class_stats(evaluator.predict(clf, x), real_hist)
         slug = name.split(" ")[1]
         save_grid(class_grid(G, 1, device) if getattr(G.cfg, "n_classes", 0) else torch.from_numpy(x[:100]),

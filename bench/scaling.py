@@ -37,11 +37,12 @@ def main() -> None:
     ds = load_source(params.prepare, "data/raw")
     sha = content_hash(ds)
     tmp = Path(tempfile.mkdtemp())
-    clf, acc = evaluator.fit(ds.images, ds.labels, 10, params.evaluator.model_copy(update={"epochs": 1}), 0)
-    evaluator.save(clf, tmp / "evaluator.pt", acc, sha, 28)
+    recipe = params.evaluator.model_copy(update={"epochs": 1})
+    clf, acc = evaluator.fit(ds.images, ds.labels, 10, recipe, 0)
+    evaluator.save(clf, tmp / "evaluator.pt", acc, sha, 28, recipe, 0)
     cpu = torch.device("cpu")
     # the real statistics are computed once and cached (keyed by content hash), as in the pipeline
-    metrics.fidelity(ds.images[:100], ds.images, "classifier", tmp / "evaluator.pt", params.evaluate, cpu, real_sha256=sha)
+    metrics.fidelity(ds.images[:100], ds.images, "classifier", tmp / "evaluator.pt", params.evaluate, cpu)
 
     rows = []
     for label, steps, n in (("base", a.steps, a.samples), ("steps ×2", 2 * a.steps, a.samples), ("samples ×10", a.steps, 10 * a.samples)):
@@ -57,8 +58,7 @@ def main() -> None:
         write_samples(G, out / "samples", n, 1, 512)
         t_sample = time.perf_counter() - t0
         t0 = time.perf_counter()
-        metrics.fidelity(PngFolder(out / "samples"), ds.images, "classifier", tmp / "evaluator.pt", params.evaluate, cpu,
-                         real_sha256=sha)
+        metrics.fidelity(PngFolder(out / "samples"), ds.images, "classifier", tmp / "evaluator.pt", params.evaluate, cpu)
         t_eval = time.perf_counter() - t0
         rows.append((label, steps, n, t_train, t_sample, t_eval))
         print(f"{label:<12} steps {steps:>5}  samples {n:>6}  train {t_train:6.1f} s  sample {t_sample:6.1f} s  evaluate {t_eval:6.1f} s", flush=True)

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
         tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed["step"])})
     trainer.extra["run_id"] = tracker.run_id
     selection = Selection(metrics.key("fid", "classifier"), metrics.TrainingFID(
-        ds.images, meta["sha256"], a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
+        ds.images, a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
     ))
     outputs = TrainOutputs(TrainPaths(a.generator, a.checkpoint, a.log_tsv, a.grid, a.generator_best, a.fid_tsv))
     hooks = Hooks(

@@ -26,10 +26,12 @@ def test_classifier_space_real_vs_real_far_below_noise(mnist, evaluator_file):
     real = metrics.fidelity(a, b, "classifier", evaluator_file, CFG, CPU)
     fake = metrics.fidelity(noise, b, "classifier", evaluator_file, CFG, CPU)
     assert set(real) == {"fid_classifier", "is_classifier", "is_std_classifier", "kid_classifier",
-                         "kid_std_classifier", "precision_classifier", "recall_classifier"}
+                         "kid_std_classifier", "precision_classifier", "recall_classifier",
+                         "density_classifier", "coverage_classifier"}
     assert real["fid_classifier"] * 20 < fake["fid_classifier"]
     assert real["kid_classifier"] < fake["kid_classifier"]
     assert real["precision_classifier"] > 0.5 > fake["precision_classifier"]
+    assert real["coverage_classifier"] > 0.5 > fake["coverage_classifier"]
     assert real["is_classifier"] > 3 * fake["is_classifier"]  # real digits: confident and diverse
 
 
@@ -56,7 +58,8 @@ def test_inception_space_from_a_local_weights_file(mnist, inception_weights):
     a, b = halves(mnist)
     out = metrics.fidelity(a[:24], b[:24], "inception", inception_weights, EvaluateConfig(batch_size=24, kid_subset_size=24), CPU)
     assert set(out) == {"fid_inception", "is_inception", "is_std_inception", "kid_inception",
-                        "kid_std_inception", "precision_inception", "recall_inception"}
+                        "kid_std_inception", "precision_inception", "recall_inception",
+                        "density_inception", "coverage_inception"}
     assert all(np.isfinite(v) for v in out.values())
 
 
@@ -94,3 +97,35 @@ def test_class_stats_detect_mode_collapse():
     assert balanced == {"class_coverage": 10, "class_kl": pytest.approx(0.0, abs=1e-6)}
     collapsed = metrics.class_stats(np.array([3] * 490 + [4] * 10), real)
     assert collapsed["class_coverage"] == 2 and collapsed["class_kl"] > 1.5
+
+
+def test_scores_match_torch_fidelity_calculate_metrics(mnist, evaluator_file):
+    """Features once, metrics from them: the same numbers as torch-fidelity's one-call API."""
+    import torch_fidelity
+
+    from ganflow.data import ImageArray
+
+    a, b = halves(mnist)
+    ours = metrics.fidelity(a, b, "classifier", evaluator_file, CFG, CPU)
+    metrics.register()
+    theirs = torch_fidelity.calculate_metrics(
+        input1=ImageArray(a), input2=ImageArray(b), fid=True, isc=True, kid=True, prc=True, cache=False, cuda=False,
+        feature_extractor=metrics.CLASSIFIER_EXTRACTOR, feature_extractor_weights_path=str(evaluator_file),
+        kid_subset_size=CFG.kid_subset_size, batch_size=CFG.batch_size, save_cpu_ram=True, verbose=False)
+    for k, stem in [("frechet_inception_distance", "fid"), ("inception_score_mean", "is"), ("kernel_inception_distance_mean", "kid"),
+                    ("precision", "precision"), ("recall", "recall")]:
+        assert ours[f"{stem}_classifier"] == pytest.approx(theirs[k], rel=1e-6), stem
+
+
+def test_real_features_cache_is_keyed_by_content_and_safe(mnist, evaluator_file, caplog):
+    a, b = halves(mnist)
+    first = metrics.real_features(b, "classifier", evaluator_file, CFG, CPU)
+    files = list(metrics.cache_dir().glob("*.npz"))
+    assert len(files) == 1
+    assert torch.equal(metrics.real_features(b, "classifier", evaluator_file, CFG, CPU).emb, first.emb)
+    inverted = metrics.real_features(255 - b, "classifier", evaluator_file, CFG, CPU)  # other pixels: another entry
+    assert len(list(metrics.cache_dir().glob("*.npz"))) == 2 and not torch.equal(inverted.emb, first.emb)
+    with open(files[0], "wb") as f:  # a planted pickle in its place
+        np.savez(f, emb=np.array([Payload()], dtype=object), logits=np.zeros(1))
+    again = metrics.real_features(b, "classifier", evaluator_file, CFG, CPU)
+    assert torch.equal(again.emb, first.emb) and "ignoring the feature cache" in caplog.text

@@ -60,3 +60,13 @@ def test_unreachable_server_fails_fast_unless_fallback_chosen(tmp_path, monkeypa
         tracking.Tracker(TrackingConfig(uri=uri))
     t = tracking.Tracker(TrackingConfig(uri=uri, fallback_to_local=True))
     assert t.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_log_table_shows_rows_as_an_mlflow_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    t = tracking.Tracker(TrackingConfig(experiment="t"))
+    t.start()
+    t.log_table([{"class": 0, "coverage": 0.5}, {"class": 1, "coverage": 0.25}], "per_class.json")
+    t.end()
+    table = mlflow.load_table("per_class.json", run_ids=[t.run_id])
+    assert table["coverage"].tolist() == [0.5, 0.25]

@@ -140,7 +140,7 @@ class TrainConfig(_Section):
 class SampleConfig(_Section):
     """sample stage: the images written to samples/ from the trained generator"""
 
-    n: PosInt = Field(5000, description="images written to samples/")
+    n: Annotated[int, Field(ge=6)] = Field(5000, description="images written to samples/ (at least 6: the k-NN scores use k = 5)")
     seed: Annotated[int, Field(ge=0)] = Field(1, description="image i depends on (seed, i) only")
     batch_size: PosInt = Field(512, description="images generated at a time (rounded to a multiple of 64)")
     classes: list[Annotated[int, Field(ge=0)]] | None = Field(
@@ -163,6 +163,10 @@ class EvaluateConfig(_Section):
     kid_subset_size: PosInt = Field(1000, description="KID subset size, clamped to the number of samples")
     feature_extractor_internal_dtype: Literal["float32", "float64"] | None = Field(
         None, description="Inception's internal dtype: float32 (null) | float64"
+    )
+    bootstrap: Annotated[int, Field(ge=0)] = Field(200, description="bootstrap resamples for the 95 % interval of fid_classifier (0: none)")
+    cas: Literal["auto", "on", "off"] = Field(
+        "auto", description="classification accuracy score (trains a classifier on the samples): auto: on CUDA only | on | off"
     )
 
 

@@ -1,8 +1,18 @@
-"""Scores through torch-fidelity, in two feature spaces:
+"""Scores in two feature spaces, computed with torch-fidelity:
 
 - `classifier`: ganflow's own classifier (models/evaluator.pt), registered with torch-fidelity as
   the feature extractor "ganflow-classifier". Always available, offline too.
 - `inception`: torch-fidelity's Inception-v3, when its weights can be had.
+
+Each image set goes through the feature extractor once (torch-fidelity's `create_feature_extractor`
+and `get_featuresdict_from_dataset`); every score is then computed from those features by
+torch-fidelity's own metric functions (`fid_statistics_to_metric`, `kid_features_to_metric`, ...) or,
+for what it lacks (density/coverage, nearest neighbours), from its distance helper. So the real set's
+features are computed once and reused for every reference, resample and neighbour search.
+
+torch-fidelity's cache is never used (`cache=False` everywhere): it unpickles files found under a
+predictable name in $TORCH_HOME with weights_only=False. ganflow's own cache of real features is
+npz (loaded with allow_pickle=False), keyed by the content of everything that changes the features.
 
 Every result key names its space (fid_classifier, fid_inception, ...); these constants are the
 only spelling, shared by metrics/eval.json, MLflow and the tests.
@@ -11,7 +21,11 @@ only spelling, shared by metrics/eval.json, MLflow and the tests.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import logging
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -20,9 +34,15 @@ import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import calc_cdist_part, prc_features_to_metric
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from ganflow import GanflowError, evaluator
 from ganflow.data import ImageArray
+from ganflow.io import write_bytes
 
 if TYPE_CHECKING:
     from ganflow.config import EvaluateConfig
@@ -32,28 +52,58 @@ log = logging.getLogger("ganflow.metrics")
 Space = Literal["classifier", "inception"]
 CLASSIFIER_EXTRACTOR = "ganflow-classifier"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
+EXTRACTORS = {"classifier": CLASSIFIER_EXTRACTOR, "inception": INCEPTION_EXTRACTOR}
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-
-# torch-fidelity key -> our key stem (the space is appended: fid -> fid_classifier)
-_TF_KEYS = {
-    torch_fidelity.KEY_METRIC_FID: "fid",
-    torch_fidelity.KEY_METRIC_ISC_MEAN: "is",
-    torch_fidelity.KEY_METRIC_ISC_STD: "is_std",
-    torch_fidelity.KEY_METRIC_KID_MEAN: "kid",
-    torch_fidelity.KEY_METRIC_KID_STD: "kid_std",
-    torch_fidelity.KEY_METRIC_PRECISION: "precision",
-    torch_fidelity.KEY_METRIC_RECALL: "recall",
+# how images reach each extractor: part of the protocol
+RESIZE = {
+    "classifier": "none: samples must have the prepared data's C×H×W",
+    "inception": "grayscale repeated to RGB, then torch-fidelity's TF-compatible bilinear resize to 299×299",
 }
+
+# every torch-fidelity call gets these: never its cache, no worker processes, no prints
+TF_KWARGS = {"cache": False, "save_cpu_ram": True, "verbose": False}
+TF_DEFAULTS = torch_fidelity.defaults.DEFAULTS
+PRC_K = TF_DEFAULTS["prc_neighborhood"]  # 3: precision/recall (Kynkäänniemi et al. 2019)
+DC_K = 5  # density/coverage (Naeem et al. 2020)
+CONFIDENCE = 0.95  # of the FID interval
+MEMORIZATION_QUANTILE = 0.05  # "too close": nearer a training image than 95 % of held-out images are
+MIN_SAMPLES = DC_K + 1  # the k-NN metrics need k + 1 points
+UNBIASED_FROM = 2048  # below this many samples FID's covariance estimate is biased: warn
+CHUNK = 512  # rows of a distance matrix held at once (512 × 50,000 floats: 100 MB)
 
 
 def key(stem: str, space: Space) -> str:
     return f"{stem}_{space}"
 
 
+# stems: each is suffixed with its space (fid -> fid_classifier)
+FID, FID_LOW, FID_HIGH = "fid", "fid_low", "fid_high"
+IS, IS_STD, KID, KID_STD = "is", "is_std", "kid", "kid_std"
+PRECISION, RECALL, DENSITY, COVERAGE = "precision", "recall", "density", "coverage"
+FID_TRAIN, FID_HELDOUT, FID_RATIO = "fid_train", "fid_heldout", "fid_train_heldout_ratio"
+MEMORIZED, NN_RATIO = "memorized_share", "nn_distance_ratio"
+FID_INTRA = "fid_intra"
+
 KEY_N_SAMPLES = "n_samples"
 KEY_N_REAL = "n_real"
+KEY_N_HELDOUT = "n_heldout"
 KEY_COVERAGE = "class_coverage"
 KEY_CLASS_KL = "class_kl"
+KEY_CAS = "cas"
+KEY_CAS_REAL = "cas_real"
+KEY_PROTOCOL = "protocol"
+KEY_PROTOCOL_DETAIL = "protocol_detail"
+
+# torch-fidelity key -> our stem
+_TF_KEYS = {
+    torch_fidelity.KEY_METRIC_FID: FID,
+    torch_fidelity.KEY_METRIC_ISC_MEAN: IS,
+    torch_fidelity.KEY_METRIC_ISC_STD: IS_STD,
+    torch_fidelity.KEY_METRIC_KID_MEAN: KID,
+    torch_fidelity.KEY_METRIC_KID_STD: KID_STD,
+    torch_fidelity.KEY_METRIC_PRECISION: PRECISION,
+    torch_fidelity.KEY_METRIC_RECALL: RECALL,
+}
 
 
 class ClassifierExtractor(FeatureExtractorBase):
@@ -149,62 +199,207 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def fidelity(
-    samples: np.ndarray | Dataset,
-    real: np.ndarray | Dataset,
-    space: Space,
-    weights: str | Path,
-    cfg: EvaluateConfig,
-    device: torch.device,
-    which: tuple[str, ...] = ("fid", "isc", "kid", "prc"),
-    real_sha256: str | None = None,
-) -> dict[str, float]:
-    """FID, IS, KID, precision and recall of `samples` against `real`, keys suffixed with the space.
-    Both are streamed through the feature extractor in batches of evaluate.batch_size.
+def array_sha256(a: np.ndarray) -> str:
+    h = hashlib.sha256(repr((a.dtype.str, a.shape)).encode())
+    h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
 
-    With `real_sha256` (the prepared data's content hash) the statistics of the real images are
-    cached by torch-fidelity under a name made of that hash and the feature extractor's file hash,
-    so a cache entry can never describe other data or another extractor.
-    """
+
+# -- features ----------------------------------------------------------------------------------
+@dataclass
+class Features:
+    """One image set in one feature space: `emb` (the layer of FID/KID/PRC) and `logits` (IS's)."""
+
+    emb: torch.Tensor  # N×D float32
+    logits: torch.Tensor  # N×classes float32
+
+    def __len__(self) -> int:
+        return len(self.emb)
+
+    def __getitem__(self, index) -> Features:
+        index = torch.as_tensor(index)
+        return Features(self.emb[index], self.logits[index])
+
+
+def _layers(space: Space) -> tuple[str, str]:
+    """(embedding layer, logits layer): the extractor's defaults for FID (also KID, PRC) and IS."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
     register()
-    n = min(len(samples), len(real))
+    cls = FEATURE_EXTRACTORS_REGISTRY[EXTRACTORS[space]]
+    emb = cls.get_default_feature_layer_for_metric("fid")
+    assert emb == cls.get_default_feature_layer_for_metric("kid") == cls.get_default_feature_layer_for_metric("prc")
+    return emb, cls.get_default_feature_layer_for_metric("isc")
+
+
+def extract(images: np.ndarray | Dataset, space: Space, weights: str | Path, cfg: EvaluateConfig,
+            device: torch.device) -> Features:
+    """Features of uint8 N×C×H×W images (an array, or a Dataset read lazily) in batches of
+    evaluate.batch_size: memory holds one batch of images and the N feature rows."""
     rgb = space == "inception"
     if rgb:
         check_weights_file(Path(weights))
-    cache = {"cache": False}  # torch-fidelity keys its cache by name alone: only content-hash names are safe
-    if real_sha256:
-        cache = {"cache": True, "input2_cache_name": f"ganflow-{space}-{real_sha256[:16]}-{file_sha256(weights)[:16]}"}
-    out = torch_fidelity.calculate_metrics(
-        input1=ImageArray(samples, rgb),
-        input2=ImageArray(real, rgb),
-        **{m: m in which for m in ("fid", "isc", "kid", "prc")},
-        feature_extractor=CLASSIFIER_EXTRACTOR if space == "classifier" else INCEPTION_EXTRACTOR,
-        feature_extractor_weights_path=str(weights),
-        kid_subset_size=min(cfg.kid_subset_size, n),
-        batch_size=cfg.batch_size,
-        feature_extractor_internal_dtype=cfg.feature_extractor_internal_dtype if rgb else None,
-        cuda=device.type == "cuda",
-        save_cpu_ram=True,
-        verbose=False,
-        **cache,
+    emb, logits = _layers(space)
+    cuda = device.type == "cuda"
+    fe = create_feature_extractor(
+        EXTRACTORS[space], [emb, logits], cuda=cuda, feature_extractor_weights_path=str(weights),
+        feature_extractor_internal_dtype=cfg.feature_extractor_internal_dtype if rgb else None, **TF_KWARGS,
     )
+    out = get_featuresdict_from_dataset(ImageArray(images, rgb), fe, cfg.batch_size, cuda, True, False)
+    return Features(out[emb].float(), out[logits].float())
+
+
+def cache_dir() -> Path:
+    return Path(torch.hub.get_dir()).parent / "ganflow_cache"
+
+
+def real_features(images: np.ndarray, space: Space, weights: str | Path, cfg: EvaluateConfig,
+                  device: torch.device) -> Features:
+    """`extract` of the real images, cached as npz under a hash of the pixels actually passed in, the
+    extractor's file and every setting that changes the numbers (a stale or foreign entry cannot match)."""
+    parts = {
+        "format": "ganflow-features-v1", "space": space, "layers": _layers(space), "weights": file_sha256(weights),
+        "images": array_sha256(images), "torch_fidelity": torch_fidelity.__version__, "device": device.type,
+        "batch_size": cfg.batch_size, "dtype": cfg.feature_extractor_internal_dtype if space == "inception" else None,
+    }
+    path = cache_dir() / f"{space}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Features(torch.from_numpy(z["emb"]), torch.from_numpy(z["logits"]))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # damaged or planted: recompute
+        log.warning("ignoring the feature cache %s (%s)", path, type(err).__name__)
+    f = extract(images, space, weights, cfg, device)
+    buf = io.BytesIO()
+    np.savez(buf, emb=f.emb.numpy(), logits=f.logits.numpy())
+    write_bytes(path, buf.getvalue())
+    return f
+
+
+# -- scores from features -------------------------------------------------------------------------
+def fid(a: torch.Tensor, b: torch.Tensor) -> float:
+    """torch-fidelity's FID between two feature matrices."""
+    stats = fid_features_to_statistics(a), fid_features_to_statistics(b)
+    return float(fid_statistics_to_metric(*stats, verbose=False)[torch_fidelity.KEY_METRIC_FID])
+
+
+def fid_interval(fake: torch.Tensor, real: torch.Tensor, reps: int, seed: int) -> tuple[float, float]:
+    """Basic (reverse-percentile) bootstrap interval of FID, resampling both sets `reps` times.
+    FID is biased upward at finite N and a resample more so (duplicates); reflecting the resampled
+    FIDs about the point estimate cancels that bias to first order, so for two samples of one
+    distribution the interval reaches down to 0."""
+    point = fid(fake, real)
+    rng = np.random.default_rng(seed)
+    boot = [fid(fake[torch.from_numpy(rng.integers(0, len(fake), len(fake)))],
+                real[torch.from_numpy(rng.integers(0, len(real), len(real)))]) for _ in range(reps)]
+    lo, hi = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return 2 * point - float(hi), 2 * point - float(lo)
+
+
+def _radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance of each row of x to its k-th nearest other row (the row itself is the 1st)."""
+    return torch.cat([calc_cdist_part(c, x).kthvalue(k + 1, dim=1).values for c in x.split(CHUNK)])
+
+
+def density_coverage(fake: torch.Tensor, real: torch.Tensor, space: Space, k: int = DC_K) -> tuple[dict[str, float], torch.Tensor]:
+    """Density and coverage (Naeem et al. 2020) with k-NN balls around the real points; also which
+    real points are covered (a sample inside their ball). The same formulas as the authors' `prdc`
+    package (tests compare), streamed in chunks: `prdc` holds N×M float64 distance matrices."""
+    radii = _radii(real, k)
+    inside, nearest = 0, torch.full((len(real),), float("inf"))
+    for c in fake.split(CHUNK):
+        d = calc_cdist_part(c, real)
+        inside += int((d < radii).sum())
+        nearest = torch.minimum(nearest, d.min(0).values)
+    covered = nearest < radii
+    return {key(DENSITY, space): inside / (k * len(fake)), key(COVERAGE, space): float(covered.float().mean())}, covered
+
+
+def nearest(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of a: the distance to its nearest row of b, and that row's index."""
+    best = [calc_cdist_part(c, b).min(1) for c in a.split(CHUNK)]
+    return torch.cat([m.values for m in best]), torch.cat([m.indices for m in best])
+
+
+def scores(fake: Features, real: Features, space: Space, cfg: EvaluateConfig) -> dict[str, float]:
+    """FID, IS, KID and precision/recall (k = 3) of fake against real, by torch-fidelity."""
+    if len(fake) < MIN_SAMPLES or len(real) < MIN_SAMPLES:
+        raise GanflowError(f"{len(fake)} samples against {len(real)} real images: the k-NN metrics need at least {MIN_SAMPLES} of each")
+    kid_n = min(cfg.kid_subset_size, len(fake), len(real))
+    out = {torch_fidelity.KEY_METRIC_FID: fid(fake.emb, real.emb)}
+    out |= isc_features_to_metric(fake.logits, TF_DEFAULTS["isc_splits"], TF_DEFAULTS["samples_shuffle"], TF_DEFAULTS["rng_seed"])
+    out |= kid_features_to_metric(fake.emb, real.emb, kid_subset_size=kid_n, **TF_KWARGS)
+    out |= prc_features_to_metric(fake.emb, real.emb, prc_neighborhood=PRC_K, prc_batch_size=CHUNK, **TF_KWARGS)
     return {key(_TF_KEYS[k], space): float(v) for k, v in out.items() if k in _TF_KEYS}
 
 
-class TrainingFID:
-    """Classifier-space FID of a generator's first n samples, for model selection during training."""
+def train_heldout(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor, seed: int) -> dict[str, float]:
+    """FID against the training images and against the held-out ones at equal N (the held-out count):
+    the training side averages disjoint subsets of that size. A ratio well below 1 means the samples
+    sit closer to the images the generator saw than to unseen ones of the same distribution."""
+    n = min(len(train), len(heldout))
+    rng = np.random.default_rng(seed)
+    heldout = heldout[torch.from_numpy(rng.permutation(len(heldout))[:n])]
+    parts = torch.from_numpy(rng.permutation(len(train))).split(n)
+    fid_train = float(np.mean([fid(fake, train[p]) for p in parts if len(p) == n]))
+    fid_heldout = fid(fake, heldout)
+    return {key(FID_TRAIN, "classifier"): fid_train, key(FID_HELDOUT, "classifier"): fid_heldout,
+            key(FID_RATIO, "classifier"): fid_train / max(fid_heldout, 1e-12)}
 
-    def __init__(self, real: np.ndarray, real_sha256: str, evaluator_path: str | Path, n: int, seed: int,
+
+def memorization(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """Nearest training image of each sample, against the same distance for held-out real images.
+    memorized_share: samples nearer their nearest training image than MEMORIZATION_QUANTILE of the
+    held-out images are to theirs (fresh real data scores MEMORIZATION_QUANTILE; a copier 1).
+    nn_distance_ratio: median nearest distance, samples over held-out (copier 0, like-real 1).
+    Also returns each sample's nearest distance and training index."""
+    d_fake, idx = nearest(fake, train)
+    d_real, _ = nearest(heldout, train)
+    threshold = torch.quantile(d_real, MEMORIZATION_QUANTILE)
+    out = {key(MEMORIZED, "classifier"): float((d_fake < threshold).float().mean()),
+           key(NN_RATIO, "classifier"): float(d_fake.median() / d_real.median().clamp_min(1e-12))}
+    return out, d_fake, idx
+
+
+def intra_class_fid(fake: Features, real: torch.Tensor, labels: np.ndarray, n_classes: int) -> list[float | None]:
+    """FID of each class c: real images of c against the n_c samples the classifier finds most like c
+    (highest p(c | x)), n_c = N × the real share of c. Every class is scored at its own fixed N, so a
+    class the generator never draws still gets its (high) FID instead of none."""
+    p = fake.logits.softmax(1)
+    out: list[float | None] = []
+    for c in range(n_classes):
+        real_c = real[torch.from_numpy(labels == c)]
+        n_c = min(len(fake), max(2, round(len(fake) * len(real_c) / len(real))))
+        out.append(fid(fake.emb[p[:, c].topk(n_c).indices], real_c) if len(real_c) >= 2 else None)
+    return out
+
+
+class TrainingFID:
+    """Classifier-space FID of a generator's first n samples, for model selection during training:
+    the same features and FID as the evaluate stage's fid_classifier, so the two agree exactly."""
+
+    def __init__(self, real: np.ndarray, evaluator_path: str | Path, n: int, seed: int,
                  cfg: EvaluateConfig, device: torch.device):
-        self.real, self.real_sha256, self.weights = real, real_sha256, evaluator_path
+        self.real, self.weights = real, evaluator_path
         self.n, self.seed, self.cfg, self.device = n, seed, cfg, device
+        self._real_emb: torch.Tensor | None = None
 
     def __call__(self, G: torch.nn.Module) -> float:
         from ganflow.sampling import generate
 
+        if self._real_emb is None:
+            self._real_emb = real_features(self.real, "classifier", self.weights, self.cfg, self.device).emb
         x = generate(G, self.seed, 0, self.n, self.device).numpy()
-        out = fidelity(x, self.real, "classifier", self.weights, self.cfg, self.device, ("fid",), self.real_sha256)
-        return out[key("fid", "classifier")]
+        return fid(extract(x, "classifier", self.weights, self.cfg, self.device).emb, self._real_emb)
+
+
+def fidelity(samples: np.ndarray | Dataset, real: np.ndarray, space: Space, weights: str | Path,
+             cfg: EvaluateConfig, device: torch.device) -> dict[str, float]:
+    """`scores` and density/coverage of two image sets (the real set's features cached): for benches."""
+    fake = extract(samples, space, weights, cfg, device)
+    ref = real_features(real, space, weights, cfg, device)
+    return scores(fake, ref, space, cfg) | density_coverage(fake.emb, ref.emb, space)[0]
 
 
 def class_histogram(pred: np.ndarray, n_classes: int) -> np.ndarray:

@@ -108,12 +108,15 @@ def write_samples(
 
 
 class PngFolder(torch.utils.data.Dataset):
-    """The PNGs of a samples folder, in name order, read lazily as uint8 C×H×W tensors."""
+    """The PNGs of a samples folder, in name order, read lazily as uint8 C×H×W tensors. A file that
+    does not decode, or whose C×H×W differs from `shape` (default: the first file's), stops the
+    reading with an error naming it."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, shape: tuple[int, int, int] | None = None):
         self.paths = sorted(Path(folder).glob("*.png"))
         if not self.paths:
             raise GanflowError(f"{folder}: no PNG samples in it")
+        self.shape = tuple(shape) if shape else tuple(self[0].shape)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -121,6 +124,15 @@ class PngFolder(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         from PIL import Image
 
-        with Image.open(self.paths[i]) as im:
-            a = np.asarray(im)
-        return torch.from_numpy(a[None].copy() if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+        try:
+            with Image.open(self.paths[i]) as im:
+                a = np.asarray(im)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL: truncated, not a PNG, bad chunk
+            raise GanflowError(f"{self.paths[i]}: unreadable PNG ({type(err).__name__}: {err})") from None
+        if a.dtype != np.uint8:
+            raise GanflowError(f"{self.paths[i]}: {a.dtype} pixels, expected 8-bit")
+        x = torch.from_numpy(a[None].copy() if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+        if hasattr(self, "shape") and tuple(x.shape) != self.shape:
+            raise GanflowError(f"{self.paths[i]}: {'×'.join(map(str, x.shape))} (C×H×W), expected "
+                               f"{'×'.join(map(str, self.shape))} like the other samples and the prepared data")
+        return x

@@ -165,6 +165,12 @@ class Tracker:
         if self.enabled:
             _retry(lambda: self.mlflow.log_artifact(str(path), artifact_path), "log_artifact")
 
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        """Rows of one table (same keys in each) as an MLflow table artifact, shown as a table in the UI."""
+        if self.enabled and rows:
+            columns = {k: [r.get(k) for r in rows] for k in rows[0]}
+            _retry(lambda: self.mlflow.log_table(data=columns, artifact_file=artifact_file), "log_table")
+
     def log_model(self, model: Any, input_example: np.ndarray) -> str | None:
         """Log the generator (torch.export format) and register it; return the model URI."""
         if not self.enabled:

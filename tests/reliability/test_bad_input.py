@@ -4,6 +4,7 @@ earlier outputs untouched. Stages run as the pipeline runs them: separate proces
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -12,6 +13,11 @@ from conftest import Payload, closed_port, run_stage, stage_workspace
 from ganflow import data
 
 INJECT = Path(__file__).parent / "inject"
+
+
+def inject_path() -> str:
+    """PYTHONPATH with the fault-injection hooks first (keeping any path that finds ganflow)."""
+    return os.pathsep.join(filter(None, [str(INJECT), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +59,7 @@ STAGE_ARGS = {
     "fit_evaluator": ["PREPARED", "evaluator2.pt", "evaluator.json"],
     "train": ["PREPARED", "EVALUATOR", "g.pt", "best.pt", "ckpt.pt", "run.json", "log.tsv", "fid.tsv", "grid.png"],
     "sample": ["g.pt", "best.pt", "samples", "sgrid.png"],
-    "evaluate": ["samples", "PREPARED", "EVALUATOR", "run.json", "eval.json"],
+    "evaluate": ["samples", "PREPARED", "EVALUATOR", "run.json", "eval.json", "per_class.json", "pairs.png"],
 }
 
 
@@ -156,7 +162,7 @@ def test_inception_on_without_weights_offline(ws, tmp_path):
     before = earlier(tmp_path / "eval.json")
     p = with_params(ws, tmp_path, evaluate={"inception": "on"})
     r = run_stage("evaluate", "--params", p, *args_for("evaluate", ws, tmp_path),
-                  env={"PYTHONPATH": str(INJECT), "GANFLOW_TEST_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "th")})
+                  env={"PYTHONPATH": inject_path(), "GANFLOW_TEST_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "th")})
     fails_with(r, "evaluate.inception is on but no Inception weights can be had")
     untouched(before)
 
@@ -173,3 +179,67 @@ def test_unwritable_output_location(ws, tmp_path):
     (tmp_path / "blocked").write_text("a file where a folder should be")
     r = run_stage("prepare", "--params", str(ws / "params.yaml"), str(tmp_path / "blocked" / "prepared"), str(tmp_path / "real.png"))
     fails_with(r, f"{tmp_path / 'blocked' / 'prepared'}: cannot write")
+
+
+def real_pngs(folder: Path, images, start: int = 0) -> Path:
+    """Real digits written as sample PNGs (000000.png …), as the sample stage names them."""
+    from ganflow.io import to_pil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(images, start):
+        to_pil(torch.from_numpy(x)).save(folder / f"{i:06d}.png")
+    return folder
+
+
+def run_evaluate(ws, tmp_path, prepared=None, **env):
+    (tmp_path / "run.json").write_text('{"run_id": null}')
+    args = args_for("evaluate", ws, tmp_path)
+    if prepared:
+        args[1] = str(prepared)
+    return run_stage("evaluate", "--params", str(ws / "params.yaml"), *args, env=env)
+
+
+def test_prepared_data_changed_behind_meta_json(ws, tmp_path, mnist):
+    """B1: the statistics cache was keyed by meta.json's hash, so inverted images scored the old FID."""
+    import shutil
+
+    shutil.copytree(ws / "prepared", tmp_path / "prepared")
+    images = tmp_path / "prepared" / "images.npy"
+    np.save(images, 255 - np.load(images))
+    real_pngs(tmp_path / "samples", mnist.images[:64])
+    before = earlier(tmp_path / "eval.json")
+    r = run_evaluate(ws, tmp_path, tmp_path / "prepared")
+    fails_with(r, f"{images}")
+    assert "does not match the sha256 in" in r.stderr
+    untouched(before)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other-size", "16-bit"])
+def test_a_bad_sample_png_is_named(ws, tmp_path, mnist, damage):
+    from PIL import Image
+
+    samples = real_pngs(tmp_path / "samples", mnist.images[:64])
+    bad = samples / "000017.png"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:60])
+        message = f"{bad}: unreadable PNG"
+    elif damage == "other-size":
+        Image.new("L", (32, 32)).save(bad)
+        message = f"{bad}: 1×32×32 (C×H×W), expected 1×28×28"
+    else:
+        Image.new("I;16", (28, 28)).save(bad)
+        message = f"{bad}: uint16 pixels, expected 8-bit"
+    before = earlier(tmp_path / "eval.json", tmp_path / "per_class.json")
+    fails_with(run_evaluate(ws, tmp_path), message)
+    untouched(before)
+
+
+def test_too_few_samples(ws, tmp_path, mnist):
+    r = run_stage("sample", "--params", with_params(ws, tmp_path, sample={"n": 2}), *args_for("sample", ws, tmp_path))
+    fails_with(r, "sample.n must be greater than or equal to 6 (got 2)")
+    real_pngs(tmp_path / "samples", mnist.images[:2])  # a folder made by other means
+    fails_with(run_evaluate(ws, tmp_path), "2 samples: the scores need at least 6")
+    real_pngs(tmp_path / "samples", mnist.images[:100])
+    r = run_evaluate(ws, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "only 100 samples: FID is biased below 2048" in r.stderr

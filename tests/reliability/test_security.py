@@ -1,14 +1,19 @@
 """Safe loading everywhere, and no network listener opened by the pipeline."""
 
 import ast
+import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
+import torch
 
-from conftest import ROOT, make_project
+from conftest import ROOT, Payload, make_project, run_stage, stage_workspace
 
 
 def torch_load_calls():
@@ -46,3 +51,45 @@ def test_the_pipeline_opens_no_listening_socket(tmp_path):
     assert p.wait() == 0
     assert polls > 20  # the pipeline was watched while it ran
     assert listening == []
+
+
+def test_no_library_unpickles_a_planted_cache_during_evaluate(tmp_path, mnist):
+    """B2: torch-fidelity loads its cache with weights_only=False from names anyone can predict (the old
+    ganflow chose `ganflow-classifier-<data hash>-<weights hash>`). Plant a pickle under every such name,
+    and in ganflow's own npz cache; evaluate twice; no unpickler may resolve a single global."""
+    from ganflow import metrics
+    from ganflow.io import to_pil
+
+    ws = stage_workspace(tmp_path / "ws", mnist, {"tracking": {"enabled": False}})
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for i, x in enumerate(mnist.images[:64]):
+        to_pil(torch.from_numpy(x)).save(samples / f"{i:06d}.png")
+    (tmp_path / "run.json").write_text('{"run_id": null}')
+    torch_home, marker, audit = tmp_path / "th", tmp_path / "pwned", tmp_path / "audit.log"
+    payload = Payload(os.system, (f"touch {marker}",))
+    data_sha = json.loads((ws / "prepared/meta.json").read_text())["sha256"]
+    name = f"ganflow-classifier-{data_sha[:16]}-{metrics.file_sha256(ws / 'evaluator.pt')[:16]}-{metrics.CLASSIFIER_EXTRACTOR}"
+    (torch_home / "fidelity_cache").mkdir(parents=True)
+    for suffix in ("features-features", "features-logits", "stat-fid-features"):
+        torch.save({"mu": payload}, torch_home / "fidelity_cache" / f"{name}-{suffix}.pt")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent / "inject"), os.environ.get("PYTHONPATH")])),
+           "GANFLOW_TEST_AUDIT": str(audit), "TORCH_HOME": str(torch_home)}
+    args = [str(samples), str(ws / "prepared"), str(ws / "evaluator.pt"), str(tmp_path / "run.json"),
+            str(tmp_path / "eval.json"), str(tmp_path / "per_class.json"), str(tmp_path / "pairs.png")]
+    for attempt in range(2):
+        r = run_stage("evaluate", "--params", str(ws / "params.yaml"), *args, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        cached = list((torch_home / "ganflow_cache").glob("*.npz"))
+        assert cached  # ganflow's cache: written on the first run, planted over before the second
+        for f in cached:
+            with open(f, "wb") as out:
+                np.savez(out, emb=np.array([payload], dtype=object), logits=np.zeros(1))
+    assert not marker.exists()
+    assert not audit.exists() or audit.read_text() == "", audit.read_text()
+    assert "ignoring the feature cache" in r.stderr
+    # control: had torch-fidelity's cache been used, this is what its load would have done
+    planted = torch_home / "fidelity_cache" / f"{name}-stat-fid-features.pt"
+    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(planted)!r}, weights_only=False)"],
+                   env={**os.environ, **env}, capture_output=True)
+    assert marker.exists() and "pickle.find_class" in audit.read_text()

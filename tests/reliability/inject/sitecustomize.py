@@ -70,3 +70,16 @@ if write_log:
         return logged(path, data)
 
     gio.write_bytes = write_bytes_logged
+
+# GANFLOW_TEST_AUDIT=<file>: append every global an unpickler resolves and every os.system call (Python audit
+# events), whichever library makes them: a pickle from a cache would show here before it could run
+audit = os.environ.get("GANFLOW_TEST_AUDIT")
+if audit:
+    import sys
+
+    def record(event, args):
+        if event in ("pickle.find_class", "os.system"):
+            with open(audit, "a") as f:
+                f.write(f"{event} {args!r}\n")
+
+    sys.addaudithook(record)

@@ -1,0 +1,213 @@
+"""The evaluation protocol on known answers: real against real, a copier, a one-class generator;
+the protocol hash; training-time FID against the evaluate path; `ganflow evaluate` and `compare`."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from ganflow import evaluator, metrics as m
+from ganflow.config import EvaluateConfig, EvaluatorConfig
+from ganflow.data import content_hash
+from ganflow.evaluation import evaluate
+from ganflow.io import to_pil
+
+CPU = torch.device("cpu")
+CFG = EvaluateConfig(batch_size=100, kid_subset_size=100, bootstrap=50)
+
+
+class Images(torch.utils.data.Dataset):
+    """In-memory samples, as the evaluate stage reads a PNG folder."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.images[i])
+
+
+@pytest.fixture(scope="module")
+def split(mnist, evaluator_file):
+    _, info = evaluator.load(evaluator_file)
+    return evaluator.reference_split(info, evaluator_file, content_hash(mnist), len(mnist.images))
+
+
+def run(samples: np.ndarray, mnist, evaluator_file, cfg=CFG):
+    return evaluate(Images(samples), mnist, evaluator_file, None, cfg, CPU, sample_seed=1)
+
+
+def test_real_against_real_scores_fid_near_zero_with_an_interval_holding_zero(mnist, fresh_mnist, evaluator_file):
+    real = m.real_features(mnist.images, "classifier", evaluator_file, CFG, CPU).emb
+    other = m.extract(fresh_mnist.images[::4], "classifier", evaluator_file, CFG, CPU).emb  # 1,000 unseen digits
+    noise = m.extract(np.random.default_rng(0).integers(0, 256, (1000, 1, 28, 28), dtype=np.uint8),
+                      "classifier", evaluator_file, CFG, CPU).emb
+    lo, hi = m.fid_interval(other, real, 100, 0)
+    point = m.fid(other, real)
+    assert lo <= 0 <= hi  # bias-corrected: the interval may lie below the (upward-biased) point estimate
+    assert point * 20 < m.fid(noise, real)
+
+
+def test_a_copier_is_flagged_by_memorization_and_the_train_heldout_ratio(mnist, fresh_mnist, evaluator_file, split):
+    heldout, train = split
+    copier = run(mnist.images[train], mnist, evaluator_file).results
+    fresh = run(fresh_mnist.images[::4], mnist, evaluator_file).results  # 100 unseen digits per class
+    assert copier["memorized_share_classifier"] == 1.0 and copier["nn_distance_ratio_classifier"] < 0.01
+    assert fresh["memorized_share_classifier"] < 0.15 and fresh["nn_distance_ratio_classifier"] > 0.7
+    assert copier["fid_train_heldout_ratio_classifier"] < 0.75 * fresh["fid_train_heldout_ratio_classifier"]
+    assert copier["n_heldout"] == len(heldout)
+
+
+def test_a_one_class_generator_has_low_coverage_and_high_intra_class_fid(mnist, fresh_mnist, evaluator_file):
+    threes = fresh_mnist.images[fresh_mnist.labels == 3][:400]
+    varied = fresh_mnist.images[::10][:400]
+    one, many = run(threes, mnist, evaluator_file), run(varied, mnist, evaluator_file)
+    assert one.results["class_coverage"] <= 3 and many.results["class_coverage"] == 10  # a few 3s pass for other digits
+    assert one.results["coverage_classifier"] < 0.2 < many.results["coverage_classifier"]
+    rows = {r["class"]: r for r in one.per_class}
+    assert rows[3]["coverage"] > 0.5 and max(r["coverage"] for c, r in rows.items() if c != 3) < 0.2
+    missing = [r["fid_intra"] for c, r in rows.items() if c != 3]
+    assert min(missing) > 3 * rows[3]["fid_intra"]
+    assert one.results["fid_intra_classifier"] > 2 * many.results["fid_intra_classifier"]
+    assert [r["class"] for r in one.per_class] == list(range(10))
+    assert one.pairs.shape == (16, 1, 28, 28) and one.pairs.dtype == torch.uint8
+
+
+def test_the_protocol_hash_changes_with_n_and_the_extractor(mnist, fresh_mnist, evaluator_file, tmp_path):
+    x = fresh_mnist.images[:300]
+    base = run(x, mnist, evaluator_file).results
+    assert run(x, mnist, evaluator_file).results["protocol"] == base["protocol"]  # stable
+    assert run(x[:200], mnist, evaluator_file).results["protocol"] != base["protocol"]
+    other = tmp_path / "evaluator.pt"
+    model, info = evaluator.load(evaluator_file)
+    model.head.bias.data += 0.01
+    evaluator.save(model, other, info["accuracy"], info["data_sha256"], 28, EvaluatorConfig(**info["recipe"]), info["seed"])
+    changed = run(x, mnist, other).results
+    assert changed["protocol"] != base["protocol"]
+    assert changed["protocol_detail"]["classifier_weights_sha256"] != base["protocol_detail"]["classifier_weights_sha256"]
+    for field in ("n_samples", "n_real", "sample_seed", "torch_fidelity", "classifier_resize", "reference", "heldout"):
+        assert field in base["protocol_detail"]
+
+
+def test_training_fid_equals_the_evaluate_path(mnist, evaluator_file, tmp_path):
+    from ganflow.nets import NetConfig, build
+    from ganflow.sampling import PngFolder, write_samples
+
+    torch.manual_seed(0)
+    G, _ = build("dcgan", NetConfig(28, 1, z_dim=16, width=8))
+    G.eval()
+    write_samples(G, tmp_path / "samples", 300, 7, 128)
+    during_training = m.TrainingFID(mnist.images, evaluator_file, 300, 7, CFG, CPU)(G)
+    offline = evaluate(PngFolder(tmp_path / "samples"), mnist, evaluator_file, None, CFG, CPU, 7).results
+    assert during_training == offline["fid_classifier"]
+
+
+def test_density_and_coverage_match_the_authors_prdc_package():
+    prdc = pytest.importorskip("prdc")
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(0.3, 1.1, size=(200, 16)).astype(np.float32)
+    ours, covered = m.density_coverage(torch.from_numpy(fake), torch.from_numpy(real), "classifier")
+    theirs = prdc.compute_prdc(real_features=real, fake_features=fake, nearest_k=5)
+    assert ours["density_classifier"] == pytest.approx(theirs["density"], abs=1e-6)
+    assert ours["coverage_classifier"] == pytest.approx(theirs["coverage"], abs=1e-6)
+    assert covered.shape == (300,)
+
+
+def test_class_accuracy_score_trains_on_samples_and_tests_on_held_out(mnist, fresh_mnist, evaluator_file):
+    cfg = CFG.model_copy(update={"cas": "on"})
+    good = run(fresh_mnist.images[::8], mnist, evaluator_file, cfg)
+    one = run(fresh_mnist.images[fresh_mnist.labels == 3][:500], mnist, evaluator_file, cfg)
+    assert good.results["cas"] > 0.6 > 0.2 > one.results["cas"]
+    assert 0 < good.results["cas_real"] <= 1
+    assert "cas" in good.per_class[0] and good.results["protocol_detail"]["cas"] != "off"
+
+
+def _pngs(folder, images):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(images):
+        to_pil(torch.from_numpy(x)).save(folder / f"{i:06d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mnist, fresh_mnist, evaluator_file):
+    """prepared data and an evaluator in a folder, and two sample folders: what `ganflow evaluate` reads."""
+    import shutil
+
+    from ganflow import data
+
+    d = tmp_path_factory.mktemp("proj")
+    data.save_prepared(mnist, d / "data/prepared", "mnist-5k")
+    shutil.copy(evaluator_file, d / "evaluator.pt")
+    _pngs(d / "a", fresh_mnist.images[:200])
+    _pngs(d / "b", fresh_mnist.images[200:400])
+    _pngs(d / "c", fresh_mnist.images[400:500])
+    return d
+
+
+def ganflow(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "ganflow.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+def test_ganflow_evaluate_scores_any_folder_and_compare_refuses_another_protocol(project, tmp_path):
+    ev = ("--prepared", project / "data/prepared", "--evaluator", project / "evaluator.pt")
+    for name in "abc":
+        r = ganflow("evaluate", "--samples", project / name, *ev, "--out", tmp_path / f"{name}.json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert a["n_samples"] == 200 and len(a["protocol"]) == 12 and a["protocol_detail"]["sample_seed"] is None
+    same = ganflow("compare", tmp_path / "a.json", tmp_path / "b.json", cwd=tmp_path)
+    assert same.returncode == 0 and "fid_classifier" in same.stdout
+    other = ganflow("compare", tmp_path / "a.json", tmp_path / "c.json", cwd=tmp_path)
+    lines = other.stderr.strip().splitlines()
+    assert other.returncode == 1 and len(lines) == 1 and "different protocols" in lines[0] and "n_samples: 200 vs 100" in lines[0]
+    forced = ganflow("compare", tmp_path / "a.json", tmp_path / "c.json", "--force", cwd=tmp_path)
+    assert forced.returncode == 0 and "NOT COMPARABLE" in forced.stderr and "fid_classifier" in forced.stdout
+
+
+def test_min_sample_count_agrees_with_the_config_bound():
+    from ganflow.config import SampleConfig
+
+    assert SampleConfig.model_fields["n"].metadata[0].ge == m.MIN_SAMPLES
+    assert ROOT.joinpath("params.yaml").read_text().count("at least 6") == 1
+
+
+@pytest.mark.slow
+def test_50k_samples_evaluate_with_bounded_memory(tmp_path, mnist, fresh_mnist):
+    """The evaluate stage streams the samples: 50,000 PNGs (1,000 distinct digits, repeated) stay
+    under the same RSS bound as sampling them."""
+    import shutil
+    import time
+
+    import psutil
+
+    from conftest import stage_workspace
+
+    ws = stage_workspace(tmp_path / "ws", mnist, {"tracking": {"enabled": False}, "evaluate": {"bootstrap": 20}})
+    distinct = _pngs(tmp_path / "distinct", fresh_mnist.images[::4])
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    files = sorted(distinct.iterdir())
+    for i in range(50_000):
+        shutil.copyfile(files[i % len(files)], samples / f"{i:06d}.png")
+    (tmp_path / "run.json").write_text('{"run_id": null}')
+    out = [tmp_path / n for n in ("eval.json", "per_class.json", "pairs.png")]
+    p = subprocess.Popen([sys.executable, str(ROOT / "stages/evaluate.py"), "--params", str(ws / "params.yaml"), str(samples),
+                          str(ws / "prepared"), str(ws / "evaluator.pt"), str(tmp_path / "run.json"), *map(str, out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak, proc = 0, psutil.Process(p.pid)
+    while p.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    assert p.returncode == 0, p.stderr.read()[-2000:]
+    assert json.loads(out[0].read_text())["n_samples"] == 50_000
+    assert 0 < peak < 2 * 2**30, f"peak RSS {peak / 2**20:.0f} MiB"
