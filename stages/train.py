@@ -4,7 +4,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ganflow import accel, data, deps, distributed, metrics
+from ganflow import accel, data, deps, distributed, evaluator, metrics
 from ganflow.stage import stage
 from ganflow.config import flatten, load_params
 from ganflow.outputs import TrainOutputs, TrainPaths
@@ -38,7 +38,11 @@ def main(argv: list[str]) -> None:
     # rank 0 alone talks to MLflow; the tracker fails fast on an unreachable server
     tracker = Tracker(params.tracking if dist.main else params.tracking.model_copy(update={"enabled": False}))
     ds, meta = data.load_prepared(a.prepared)
-    trainer = Trainer(params, ds, meta["sha256"], dist, code=deps.code_hash(__file__))
+    # G never sees the images the evaluator holds out: evaluate compares the samples with both halves
+    _, info = evaluator.load(a.evaluator)
+    _, seen = evaluator.reference_split(info, a.evaluator, meta["sha256"], len(ds.images))
+    train_set = ds.subset(seen)
+    trainer = Trainer(params, train_set, data.content_hash(train_set), dist, code=deps.code_hash(__file__))
     decision = trainer.try_resume(a.checkpoint)
     if dist.main:
         log.info(decision)

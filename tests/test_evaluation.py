@@ -211,3 +211,17 @@ def test_50k_samples_evaluate_with_bounded_memory(tmp_path, mnist, fresh_mnist):
     assert p.returncode == 0, p.stderr.read()[-2000:]
     assert json.loads(out[0].read_text())["n_samples"] == 50_000
     assert 0 < peak < 2 * 2**30, f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+def test_the_generator_never_sees_the_held_out_images(tmp_path, mnist):
+    from conftest import run_stage, stage_workspace
+
+    ws = stage_workspace(tmp_path / "ws", mnist, {"tracking": {"enabled": False}, "train": {"steps": 2, "eval_every": 0}})
+    outs = [tmp_path / n for n in ("g.pt", "best.pt", "ckpt.pt", "run.json", "log.tsv", "fid.tsv", "grid.png")]
+    r = run_stage("train", "--params", str(ws / "params.yaml"), str(ws / "prepared"), str(ws / "evaluator.pt"), *map(str, outs))
+    assert r.returncode == 0, r.stderr[-2000:]
+    _, info = evaluator.load(ws / "evaluator.pt")
+    heldout, train = evaluator.reference_split(info, ws / "evaluator.pt", content_hash(mnist), len(mnist.images))
+    trained_on = torch.load(outs[0], weights_only=True)["data_sha256"]
+    assert trained_on == content_hash(mnist.subset(train)) != content_hash(mnist)
+    assert len(heldout) == 100 and len(train) == 900
