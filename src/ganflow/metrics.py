@@ -216,10 +216,6 @@ class Features:
     def __len__(self) -> int:
         return len(self.emb)
 
-    def __getitem__(self, index) -> Features:
-        index = torch.as_tensor(index)
-        return Features(self.emb[index], self.logits[index])
-
 
 def _layers(space: Space) -> tuple[str, str]:
     """(embedding layer, logits layer): the extractor's defaults for FID (also KID, PRC) and IS."""
