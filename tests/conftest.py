@@ -122,6 +122,16 @@ def make_project(root: Path, overrides: dict | None = None) -> dict:
     return env
 
 
+def copy_project(src: Path, dst: Path, env: dict) -> dict:
+    """Copy a project made by `make_project` (git repo, DVC cache, outputs, MLflow DB) to `dst`, for a
+    test that changes it; return the environment to run dvc in there. MLflow stores artifact locations
+    as absolute paths, so artifacts the copy logs still go under `src`'s mlruns/ (new run ids only)."""
+    import shutil
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return {**env, "TORCH_HOME": str(dst / ".torch")}
+
+
 def mlflow_runs(root: Path, experiment: str = "ganflow"):
     import mlflow
 

@@ -1,28 +1,47 @@
-"""One real `dvc repro` of the whole pipeline on tiny params, in a temp git repo, with real MLflow."""
+"""One real `dvc repro` of the whole pipeline on tiny params, in a temp git repo, with real MLflow.
+
+The tests pass in any order: they only read the shared project (a repeated `dvc repro` is a no-op), and a
+test that changes params, commits or logs runs does so in its own copy of it (`own_copy`)."""
 
 import json
-import subprocess
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
 
-from conftest import TINY, dvc, make_project, mlflow_runs, sh
+from conftest import TINY, copy_project, dvc, make_project, mlflow_runs, sh
 
 pytestmark = pytest.mark.slow
 
 
+class Project(NamedTuple):
+    root: Path
+    env: dict
+    commit: str  # the commit the first run was made at
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory) -> Project:
+    """The tiny project after its first `dvc repro`, with dvc.lock and metrics committed on top."""
     root = tmp_path_factory.mktemp("proj")
     env = make_project(root)
-    first = dvc(root, env, "repro")
+    commit = sh("git", "rev-parse", "HEAD", cwd=root, env=env).stdout.strip()
+    dvc(root, env, "repro")
     sh("git", "add", "-A", cwd=root, env=env)
     sh("git", "commit", "-qm", "first run: dvc.lock and metrics", cwd=root, env=env)
-    return root, env, first
+    return Project(root, env, commit)
+
+
+@pytest.fixture
+def own_copy(project, tmp_path) -> Project:
+    """A copy of the project as the first run left it, for a test that changes it."""
+    root = tmp_path / "proj"
+    return Project(root, copy_project(project.root, root, project.env), project.commit)
 
 
 def test_every_output_is_there(project):
-    root, _, _ = project
+    root = project.root
     meta = json.loads((root / "data/prepared/meta.json").read_text())
     assert meta["count"] == 5000 and meta["shape"] == [1, 28, 28] and len(meta["sha256"]) == 64
     assert json.loads((root / "metrics/evaluator.json").read_text())["evaluator_accuracy"] > 0.5
@@ -52,7 +71,7 @@ def test_second_repro_is_a_no_op_and_metrics_show(project):
 
 
 def test_mlflow_run_holds_params_losses_grids_model_and_scores(project):
-    root, _, _ = project
+    root = project.root
     from mlflow import MlflowClient
 
     runs = mlflow_runs(root)
@@ -62,8 +81,7 @@ def test_mlflow_run_holds_params_losses_grids_model_and_scores(project):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.arch"] == "dcgan" and run.data.params["train.steps"] == "20"
     assert run.data.params["seed"] == "0" and "evaluate.inception" in run.data.params
-    head = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=root, capture_output=True, text=True).stdout.strip()
-    assert run.data.tags["mlflow.source.git.commit"] == head  # the commit the run was made at
+    assert run.data.tags["mlflow.source.git.commit"] == project.commit  # the commit the run was made at
     losses = client.get_metric_history(run.info.run_id, "loss_D")
     assert [m.step for m in losses] == [5, 10, 15, 20]
     eval_json = json.loads((root / "metrics/eval.json").read_text())
@@ -76,8 +94,8 @@ def test_mlflow_run_holds_params_losses_grids_model_and_scores(project):
     assert json.loads((root / "models/run.json").read_text())["run_id"] == run.info.run_id
 
 
-def test_changed_eval_params_rerun_evaluate_only_into_the_same_run(project):
-    root, env, _ = project
+def test_changed_eval_params_rerun_evaluate_only_into_the_same_run(own_copy):
+    root, env, _ = own_copy
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["evaluate"]["kid_subset_size"] = 40
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -87,16 +105,14 @@ def test_changed_eval_params_rerun_evaluate_only_into_the_same_run(project):
     assert len(runs) == 1 and runs[0].data.tags["param_override.evaluate.kid_subset_size"] == "40"
     diff = json.loads(dvc(root, env, "metrics", "diff", "--json").stdout)  # against HEAD's committed metrics
     assert "kid_classifier" in diff["metrics/eval.json"]
-    sh("git", "checkout", "params.yaml", cwd=root, env=env)
 
 
-def test_dvc_exp_run_temp_logs_a_new_run_to_the_project_db(project):
-    root, env, _ = project
-    sh("git", "add", "-A", cwd=root, env=env)
-    sh("git", "commit", "-qm", "lock", cwd=root, env=env)
+def test_dvc_exp_run_temp_logs_a_new_run_to_the_project_db(own_copy):
+    root, env, _ = own_copy
+    before = {r.info.run_id for r in mlflow_runs(root)}
     dvc(root, env, "exp", "run", "--temp", "-S", "train.steps=30")
-    runs = mlflow_runs(root)
-    assert len(runs) == 2
-    exp_run = runs[1]
+    new = [r for r in mlflow_runs(root) if r.info.run_id not in before]
+    assert len(new) == 1
+    exp_run = new[0]
     assert exp_run.data.params["train.steps"] == "30" and exp_run.data.tags.get("dvc.exp_name")
     assert "fid_classifier" in exp_run.data.metrics
