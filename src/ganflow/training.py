@@ -72,6 +72,9 @@ class Hooks:
     on_grid: Callable[[np.ndarray, int], None] = lambda grid_hwc, step: None
 
 
+Report = Callable[["Hooks"], None]  # a deferred call to the hooks
+
+
 @dataclass
 class State:
     step: int = 0
@@ -276,8 +279,11 @@ class Trainer:
             x = G(self.fixed_z, self.fixed_y).float()
         return to_uint8(x).cpu()
 
-    def log_interval(self, meter: LossMeter, outputs: TrainOutputs, hooks: Hooks, speed: float) -> list[float]:
-        """Close a log interval: the means over it (and over ranks), checked finite, written and reported."""
+    # Each periodic job writes its files at once and returns what it has to report (to MLflow, via
+    # Hooks); the loop reports only after that step's checkpoint, so a slow or dead tracking store
+    # can never cost a checkpoint.
+    def log_interval(self, meter: LossMeter, outputs: TrainOutputs, speed: float) -> tuple[list[float], Report]:
+        """Close a log interval: the means over it (and over ranks), checked finite, written."""
         st = self.state
         first = st.step - meter.n + 1
         row = meter.mean(self.dist)
@@ -287,14 +293,14 @@ class Trainer:
         st.log_rows.append([st.step, *row])
         if self.dist.main:
             outputs.log(st.log_rows, LOG_COLUMNS)
-            hooks.on_metrics({**dict(zip(LOG_COLUMNS[1:], row)), "img_per_s": speed}, st.step)
-        return row
+        metrics = {**dict(zip(LOG_COLUMNS[1:], row)), "img_per_s": speed}
+        return row, lambda hooks, step=st.step: hooks.on_metrics(metrics, step)
 
-    def snapshot_grid(self, outputs: TrainOutputs, hooks: Hooks) -> None:
-        g = outputs.grid(self.grid())
-        hooks.on_grid(g.permute(1, 2, 0).numpy(), self.state.step)
+    def snapshot_grid(self, outputs: TrainOutputs) -> Report:
+        g = outputs.grid(self.grid()).permute(1, 2, 0).numpy()
+        return lambda hooks, step=self.state.step: hooks.on_grid(g, step)
 
-    def select(self, selection: Selection, outputs: TrainOutputs, hooks: Hooks) -> None:
+    def select(self, selection: Selection, outputs: TrainOutputs) -> Report:
         """Score the evaluated G; keep it as the best when its score is the lowest so far."""
         t0 = time.perf_counter()
         # the scorer may draw from torch's RNG (a DataLoader does): fork it, so checks never change training
@@ -307,7 +313,7 @@ class Trainer:
             st.best = {"step": st.step, "value": value, "state_dict": {k: v.cpu().clone() for k, v in G.state_dict().items()}}
         st.eval_seconds += time.perf_counter() - t0
         outputs.scores(st.score_rows, selection.name)
-        hooks.on_metrics({f"{selection.name}_during_training": value}, st.step)
+        return lambda hooks, step=st.step: hooks.on_metrics({f"{selection.name}_during_training": value}, step)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, outputs: TrainOutputs, hooks: Hooks = Hooks(), max_seconds: float | None = None,
@@ -330,16 +336,21 @@ class Trainer:
                 st.step += 1
                 bar.update(1)
                 last = st.step == cfg.steps or (max_seconds is not None and clock.seconds() > max_seconds)
+                reports: list[Report] = []
                 if due(st.step, cfg.log_every, last):
                     speed = clock.rate(st.step, per_step)
-                    loss_d, loss_g, *_ = self.log_interval(meter, outputs, hooks, speed)
+                    (loss_d, loss_g, *_), report = self.log_interval(meter, outputs, speed)
+                    reports.append(report)
                     bar.set_postfix(loss_D=f"{loss_d:.3f}", loss_G=f"{loss_g:.3f}", img_s=f"{speed:.0f}")
                 if main and due(st.step, cfg.sample_every, last):
-                    self.snapshot_grid(outputs, hooks)
+                    reports.append(self.snapshot_grid(outputs))
                 if main and selection and due(st.step, cfg.eval_every, last):
-                    self.select(selection, outputs, hooks)
+                    reports.append(self.select(selection, outputs))
                 if due(st.step, cfg.checkpoint_every, last):
                     self.save_checkpoint(outputs)
+                if main:
+                    for report in reports:
+                        report(hooks)
                 if last:
                     break
         self.check_finite_weights()
