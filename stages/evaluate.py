@@ -9,10 +9,10 @@ import numpy as np
 
 from ganflow import data, evaluator, metrics
 from ganflow.accel import select_device
-from ganflow.stage import stage
 from ganflow.config import flatten, load_params
 from ganflow.io import write_json
 from ganflow.sampling import PngFolder
+from ganflow.stage import stage
 from ganflow.tracking import Tracker, read_handle
 
 log = logging.getLogger("ganflow.evaluate")

@@ -5,9 +5,9 @@ import logging
 from pathlib import Path
 
 from ganflow import accel, data, deps, distributed, metrics
-from ganflow.stage import stage
 from ganflow.config import flatten, load_params
 from ganflow.outputs import TrainOutputs, TrainPaths
+from ganflow.stage import stage
 from ganflow.tracking import TAG_RESUMED_FROM, TAG_RESUMED_STEP, Tracker
 from ganflow.training import Hooks, Selection, Trainer
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ class Trainer:
         self.levers = accel.levers(cfg, dist)
         self.device = self.levers.device
         _, c, h, _ = data.images.shape
+        if cfg.batch_size > len(data.images):
+            raise GanflowError(f"train.batch_size {cfg.batch_size} is larger than the prepared data ({len(data.images)} images)")
         if cfg.conditional and data.labels is None:
             raise GanflowError("train.conditional is true, but the prepared data has no labels (use class sub-folders)")
         n_classes = len(data.classes) if cfg.conditional else 0
@@ -179,18 +182,25 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def try_resume(self, path: Path) -> str:
-        """Resume from `path` when its fingerprint matches; return what was decided, for the log."""
+        """Resume from `path` when its fingerprint matches; return what was decided, for the log.
+        A checkpoint that cannot be resumed is kept as <name>.prev.pt (one, the latest), never lost."""
         if not path.exists():
             return "no checkpoint: starting fresh"
         ckpt = checkpoint.load(path, checkpoint.FORMAT, map_location=self.device)
         changed = fingerprint_changes(ckpt["fingerprint"], self.fingerprint)
         if changed:
-            return f"checkpoint {path} was made with other settings ({', '.join(changed)} changed): starting fresh"
-        if ckpt["step"] > self.cfg.steps:
-            return f"checkpoint {path} is at step {ckpt['step']}, beyond train.steps={self.cfg.steps}: starting fresh"
-        self.load_state_dict(ckpt)
-        self.resumed = {"step": ckpt["step"], **ckpt.get("extra", {})}
-        return f"resuming from {path} at step {ckpt['step']}"
+            why = f"was made with other settings ({', '.join(changed)} changed)"
+        elif ckpt["step"] > self.cfg.steps:
+            why = f"is at step {ckpt['step']}, beyond train.steps={self.cfg.steps}"
+        else:
+            self.load_state_dict(ckpt)
+            self.resumed = {"step": ckpt["step"], **ckpt.get("extra", {})}
+            return f"resuming from {path} at step {ckpt['step']}"
+        prev = path.with_name(f"{path.stem}.prev{path.suffix}")
+        if self.dist.main:
+            os.replace(path, prev)
+        log.warning("checkpoint %s %s: starting fresh; the old one is kept as %s", path, why, prev)
+        return f"checkpoint {path} {why}: starting fresh (kept as {prev})"
 
     def save_checkpoint(self, outputs: TrainOutputs) -> None:
         self.check_finite_weights()

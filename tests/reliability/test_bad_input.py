@@ -103,8 +103,8 @@ def test_mixed_image_modes_are_converted(ws, tmp_path):
     from PIL import Image
 
     for i, mode in enumerate(["L", "RGB", "RGBA", "P", "I;16"]):
-        (tmp_path / "imgs").mkdir(exist_ok=True)
-        Image.new(mode, (30 + i, 40), color=10 * i).save(tmp_path / "imgs" / f"{i}.png")
+        (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new(mode, (30 + i, 40), color=10 * i).save(tmp_path / "imgs" / f"c{i % 2}" / f"{i}.png")
     p = with_params(ws, tmp_path, prepare={"source": "folder", "folder": str(tmp_path / "imgs"), "channels": 3})
     r = run_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
     assert r.returncode == 0, r.stderr[-2000:]
