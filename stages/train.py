@@ -43,7 +43,8 @@ def main(argv: list[str]) -> None:
     if dist.main:
         log.info(decision)
 
-    tracker.start()
+    # .ganflow/train-run.json names the open run: a run killed before its first checkpoint is marked KILLED next time
+    tracker.start(attempt=Path(".ganflow") / "train-run.json")
     tracker.log_params(flatten(params))
     tracker.log_artifact(a.params)
     if trainer.resumed:

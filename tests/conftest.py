@@ -78,12 +78,14 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def run_stage(name: str, *args: str, cwd: Path = ROOT, env: dict | None = None):
+def run_stage(name: str, *args: str, cwd: Path = ROOT, env: dict | None = None, new_session: bool = False):
+    """A stage as dvc.yaml runs it: its own process (in its own process group with new_session, so a
+    fault-injected SIGKILL of the group stops the stage and not the tests)."""
     import subprocess
 
     return subprocess.run(
         [sys.executable, str(ROOT / "stages" / f"{name}.py"), *args],
-        cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+        cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, start_new_session=new_session,
     )
 
 

@@ -43,3 +43,7 @@ def print_deps(scripts: list[str]) -> None:
                 print(f"  - {path.relative_to(Path.cwd().resolve()).as_posix()}")
             except ValueError:
                 print(f"  - {path}")
+
+
+if __name__ == "__main__":
+    main()

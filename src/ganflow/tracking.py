@@ -1,21 +1,39 @@
 """MLflow, in one place. Every other module talks to a Tracker; `tracking.enabled: false` makes
-it a no-op. sqlite writes are retried with backoff, so parallel experiments never lose a metric
-to "database is locked"."""
+it a no-op.
+
+Tracking can never stop, hang or lose training:
+- at start (before any work) every failure of the store is one line naming it, or, with
+  `tracking.fallback_to_local`, a switch to the local sqlite store (also for a server that answers
+  but is not MLflow); HTTP calls have bounded timeouts and retries;
+- metrics and images go through a bounded queue to a worker thread, so the training loop never
+  waits on the store; sqlite "database is locked" is retried with backoff;
+- once the store fails mid-run, one warning is printed and everything else goes to a local spool
+  (<project>/.ganflow/spool/<run id>/), replayed into its run when the store is back: at the end of
+  the stage, or at the start of the next stage that tracks; the run then carries the tag
+  `ganflow.tracking_gap` saying what arrived late.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import queue
 import random
+import shutil
+import threading
 import time
+import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
 from ganflow import GanflowError
-from ganflow.config import TrackingConfig
+
+if TYPE_CHECKING:
+    from ganflow.config import TrackingConfig
 
 log = logging.getLogger("ganflow.tracking")
 T = TypeVar("T")
@@ -25,6 +43,13 @@ TAG_DVC_EXP = "dvc.exp_name"
 TAG_DVC_BASELINE = "dvc.baseline_rev"
 TAG_RESUMED_FROM = "ganflow.resumed_from_run"
 TAG_RESUMED_STEP = "ganflow.resumed_from_step"
+TAG_GAP = "ganflow.tracking_gap"
+
+# bounded HTTP behaviour for remote stores (MLflow's defaults retry for minutes); env vars override
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+QUEUE_SIZE = 1000  # pending logging calls; past this they go to the spool, never block the loop
+FLUSH_SECONDS = 60.0  # the most the end of a stage waits for pending calls
 
 
 def project_root() -> Path:
@@ -37,12 +62,46 @@ def project_root() -> Path:
     return root
 
 
+def sqlite_uri(path: Path) -> str:
+    """An sqlite URI for any path: the characters a URI gives meaning to (`%`, `?`, `#`) are escaped."""
+    return "sqlite:///" + str(path).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
+@contextmanager
+def _no_stray_folder(uri: str) -> Iterator[None]:
+    """MLflow creates an sqlite store's parent folder from the escaped URI text (a folder literally
+    named `q%3Fx=1` beside `q?x=1`): remove it again when it is new and empty."""
+    stray = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") and "%" in uri else None
+    new = [p for p in (stray, *stray.parents) if not p.exists()] if stray else []
+    try:
+        yield
+    finally:
+        for p in new:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+def local_uri() -> str:
+    return sqlite_uri(project_root() / "mlflow.db")
+
+
 def resolve_uri(cfg: TrackingConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{project_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or local_uri()
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
 
 
 def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
-    """Run fn, retrying sqlite lock errors with jittered exponential backoff."""
+    """Run fn, retrying sqlite lock errors with jittered exponential backoff (about 30 s in all)."""
     for i in range(attempts):
         try:
             return fn()
@@ -55,55 +114,121 @@ def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+class Spool:
+    """Logging calls kept on disk while the store is unusable: one JSON line each, images as .npy."""
+
+    def __init__(self, run_id: str):
+        self.dir = project_root() / ".ganflow" / "spool" / run_id
+        self.run_id = run_id
+
+    def add(self, item: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if "image" in item:
+            name = f"image-{time.time_ns()}.npy"
+            np.save(self.dir / name, item.pop("image"), allow_pickle=False)
+            item["image_file"] = name
+        with open(self.dir / "items.jsonl", "a") as f:
+            f.write(json.dumps(item) + "\n")
+
+    def items(self) -> list[dict[str, Any]]:
+        path = self.dir / "items.jsonl"
+        if not path.exists():
+            return []
+        items = []
+        for line in path.read_text().splitlines():
+            try:
+                items.append(json.loads(line))
+            except ValueError:  # a line cut short by a kill
+                continue
+        return items
+
+    def replay(self, client) -> str:
+        """Log every kept item into the run; return a description of the gap, and remove the spool."""
+        from mlflow.entities import Metric
+
+        items = self.items()
+        steps = [i["step"] for i in items if i.get("step") is not None]
+        for item in items:
+            if item["kind"] == "metrics":
+                ms = [Metric(k, float(v), item["ts"], item["step"] or 0) for k, v in item["metrics"].items()]
+                _retry(lambda: client.log_batch(self.run_id, metrics=ms), "replay metrics")
+            elif item["kind"] == "image":
+                image = np.load(self.dir / item["image_file"], allow_pickle=False)
+                _retry(lambda: client.log_image(self.run_id, image, key=item["key"], step=item["step"]), "replay image")
+            elif item["kind"] == "tags":
+                for k, v in item["tags"].items():
+                    _retry(lambda: client.set_tag(self.run_id, k, v), "replay tags")
+        span = f" (steps {min(steps)}-{max(steps)})" if steps else ""
+        gap = (f"{len(items)} logging calls{span} were kept locally while the store was unusable and "
+               f"replayed at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        _retry(lambda: client.set_tag(self.run_id, TAG_GAP, gap), "set_tag")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return gap
+
+    @staticmethod
+    def pending() -> list[Spool]:
+        root = project_root() / ".ganflow" / "spool"
+        return [Spool(p.name) for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []
+
+
 class Tracker:
-    """A thin MLflow wrapper around one run. All methods do nothing when tracking is disabled."""
+    """A thin MLflow wrapper around one run. All methods do nothing when tracking is disabled; after
+    start, none of them raises because of the store."""
 
     def __init__(self, cfg: TrackingConfig):
         self.cfg = cfg
         self.enabled = cfg.enabled
         self.run_id: str | None = None
         self.uri: str | None = None
+        self.down: str | None = None  # why the store became unusable mid-run
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self._worker: threading.Thread | None = None
+        self._marker: Path | None = None
         if not self.enabled:
             return
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        for k, v in HTTP_DEFAULTS.items():
+            os.environ.setdefault(k, v)
         import mlflow
 
         self.mlflow = mlflow
         self.uri = resolve_uri(cfg)
-        mlflow.set_tracking_uri(self.uri)
-        self._check_reachable()
-
-    def _check_reachable(self) -> None:
-        """Fail fast on a server that does not answer, before any training starts."""
-        if not self.uri.startswith(("http://", "https://")):
-            return
-        import requests
-
         try:
-            requests.get(self.uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+            self._connect(self.uri)
         except Exception as err:
-            if not self.cfg.fallback_to_local:
-                raise GanflowError(
-                    f"tracking.uri {self.uri}: MLflow server unreachable ({type(err).__name__}); "
-                    "start it, fix the URI, or set tracking.fallback_to_local: true"
-                ) from None
-            self.uri = f"sqlite:///{project_root() / 'mlflow.db'}"
-            log.warning("MLflow server unreachable (%s): logging to the local store %s", type(err).__name__, self.uri)
-            self.mlflow.set_tracking_uri(self.uri)
+            if not (_is_remote(self.uri) and cfg.fallback_to_local):
+                raise GanflowError(self._start_error(err)) from None
+            log.warning("tracking store %s unusable (%s): logging to the local store instead", self.uri, _first_line(err))
+            self.uri = local_uri()
+            try:
+                self._connect(self.uri)
+            except Exception as err2:
+                raise GanflowError(self._start_error(err2)) from None
 
-    # -- run lifecycle -----------------------------------------------------------------------
-    def start(self, run_id: str | None = None, tags: dict[str, str] | None = None) -> None:
-        """Start a new run in tracking.experiment, or reopen `run_id`."""
-        if not self.enabled:
-            return
-        mlflow = self.mlflow
-        if run_id is None:
-            exp = _retry(self._experiment, "set_experiment")
-            tags = {**_dvc_tags(), **(tags or {})}
-            run = _retry(lambda: mlflow.start_run(experiment_id=exp.experiment_id, tags=tags), "start_run")
-        else:
-            run = _retry(lambda: mlflow.start_run(run_id=run_id), "start_run")
-        self.run_id = run.info.run_id
+    def _start_error(self, err: BaseException) -> str:
+        if isinstance(err, GanflowError):
+            return str(err)
+        where = f"tracking.uri {self.uri}" if _is_remote(self.uri) else f"tracking store {self.uri}"
+        hint = "start it, fix the URI, or set tracking.fallback_to_local: true" if _is_remote(self.uri) else \
+            "move the file away (a new one is made) or set tracking.uri / tracking.enabled: false"
+        if _is_remote(self.uri) and "Connection" in type(err).__name__ + str(err):
+            return f"{where}: MLflow server unreachable ({type(err).__name__}); {hint}"
+        return f"{where}: not a usable MLflow store ({_first_line(err)}); {hint}"
+
+    def _connect(self, uri: str) -> None:
+        """Prove the store works before any training: a real call, not just a reachable port."""
+        from mlflow import MlflowClient
+
+        if _is_remote(uri):
+            import requests
+
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        with _no_stray_folder(uri):
+            self.mlflow.set_tracking_uri(uri)
+            self.client = MlflowClient(uri)
+            self.experiment_id = _retry(self._experiment, "set_experiment").experiment_id
+        if uri == local_uri():
+            self._follow_moved_project()
 
     def _experiment(self):
         """tracking.experiment, created on first use. With a local sqlite store its artifacts go to
@@ -118,71 +243,240 @@ class Tracker:
                     raise
         return mlflow.set_experiment(self.cfg.experiment)
 
+    def _follow_moved_project(self) -> None:
+        """A project moved with `mv` keeps its mlflow.db, whose experiments still name the old path's
+        mlruns/: point them (and their runs) at this project's mlruns/, instead of writing there."""
+        import sqlite3
+
+        here = (project_root() / "mlruns").as_uri()
+        db = project_root() / "mlflow.db"
+        with sqlite3.connect(db, timeout=30) as con:
+            rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+            for exp_id, location in rows:
+                old = location or ""
+                if not old.startswith("file://") or not old.endswith("/mlruns") or old == here:
+                    continue
+                if Path(urllib.parse.urlparse(old).path).exists():
+                    continue  # another project's store, shared on purpose
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (here, exp_id))
+                con.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?) WHERE experiment_id = ?",
+                            (old, here, exp_id))
+                log.warning("the project moved: MLflow artifacts of experiment %s now go to %s (were %s)", exp_id, here, old)
+
+    # -- run lifecycle -----------------------------------------------------------------------
+    def start(self, run_id: str | None = None, tags: dict[str, str] | None = None, attempt: Path | None = None) -> None:
+        """Start a new run in tracking.experiment, or reopen `run_id`; replay any spooled calls.
+        `attempt`: a file naming this stage's run while it is open, so the next attempt can mark a run
+        killed before its first checkpoint as KILLED."""
+        if not self.enabled:
+            return
+        mlflow = self.mlflow
+        try:
+            if run_id is None:
+                tags = {**_dvc_tags(), **(tags or {})}
+                run = _retry(lambda: mlflow.start_run(experiment_id=self.experiment_id, tags=tags), "start_run")
+            else:
+                try:
+                    self.client.get_run(run_id)
+                except Exception:
+                    log.warning("run %s is not in %s: logging to a new run", run_id, self.uri)
+                    return self.start(tags=tags, attempt=attempt)
+                run = _retry(lambda: mlflow.start_run(run_id=run_id), "start_run")
+        except Exception as err:
+            raise GanflowError(self._start_error(err)) from None
+        self.run_id = run.info.run_id
+        if attempt is not None:
+            self._mark_killed_attempt(attempt)
+        self._replay_pending()
+        self._worker = threading.Thread(target=self._work, name="ganflow-tracking", daemon=True)
+        self._worker.start()
+
+    def _mark_killed_attempt(self, attempt: Path) -> None:
+        try:
+            previous = json.loads(attempt.read_text()).get("run_id")
+        except (OSError, ValueError):
+            previous = None
+        if previous and previous != self.run_id:
+            self.mark(previous, "KILLED")
+        attempt.parent.mkdir(parents=True, exist_ok=True)
+        attempt.write_text(json.dumps({"run_id": self.run_id}) + "\n")
+        self._marker = attempt
+
+    def _replay_pending(self) -> None:
+        for spool in Spool.pending():
+            try:
+                gap = spool.replay(self.client)
+                log.warning("run %s: %s", spool.run_id, gap)
+            except Exception as err:  # that run's store is still unusable, or the run is gone
+                log.warning("could not replay the spooled tracking calls of run %s yet (%s)", spool.run_id, _first_line(err))
+
     def end(self, status: str = "FINISHED") -> None:
-        if self.enabled and self.run_id:
+        """Wait (boundedly) for pending calls, replay any spool, close the run. Never raises."""
+        if not (self.enabled and self.run_id):
+            return
+        self._flush()
+        if self.down:
+            try:
+                gap = Spool(self.run_id).replay(self.client)
+                log.warning("tracking store back: %s", gap)
+                self.down = None
+            except Exception:
+                log.warning("tracking store %s still unusable: the run's calls stay in %s and are replayed by "
+                            "the next stage that tracks; the stage itself succeeded", self.uri, Spool(self.run_id).dir)
+                return
+        try:
             _retry(lambda: self.mlflow.end_run(status=status), "end_run")
+        except Exception as err:
+            log.warning("could not close MLflow run %s (%s)", self.run_id, _first_line(err))
+            return
+        if self._marker is not None:
+            self._marker.unlink(missing_ok=True)
 
     def mark(self, run_id: str, status: str) -> None:
         """Set another run's status (an interrupted attempt that is still RUNNING -> KILLED)."""
         if not self.enabled:
             return
-        client = self.mlflow.MlflowClient()
         try:
-            run = client.get_run(run_id)
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                _retry(lambda: self.client.set_terminated(run_id, status), "set_terminated")
         except Exception:
             return
-        if run.info.status == "RUNNING":
-            _retry(lambda: client.set_terminated(run_id, status), "set_terminated")
+
+    # -- the worker: every call that may come from the training loop -----------------------
+    def _submit(self, item: dict[str, Any]) -> None:
+        if not (self.enabled and self.run_id):
+            return
+        item = {**item, "ts": int(time.time() * 1000)}
+        if self.down:
+            Spool(self.run_id).add(item)
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:  # the store stalls: keep the call on disk rather than wait
+            self._store_down("it stopped answering (logging queue full)")
+            Spool(self.run_id).add(item)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self.down:
+                    Spool(self.run_id).add(item)
+                    continue
+                try:
+                    self._send(item)
+                except Exception as err:
+                    self._store_down(_first_line(err))
+                    Spool(self.run_id).add(item)
+            finally:
+                self._queue.task_done()
+
+    def _send(self, item: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        if item["kind"] == "metrics":
+            ms = [Metric(k, float(v), item["ts"], item["step"] or 0) for k, v in item["metrics"].items()]
+            _retry(lambda: self.client.log_batch(self.run_id, metrics=ms), "log_metrics")
+        elif item["kind"] == "image":
+            _retry(lambda: self.client.log_image(self.run_id, item["image"], key=item["key"], step=item["step"]), "log_image")
+        elif item["kind"] == "tags":
+            _retry(lambda: self.client.log_batch(self.run_id, tags=_run_tags(item["tags"])), "set_tags")
+
+    def _store_down(self, why: str) -> None:
+        if not self.down:
+            self.down = why
+            log.warning("tracking store %s unusable (%s): training goes on; its metrics are kept in %s and "
+                        "replayed when the store is back", self.uri, why, Spool(self.run_id).dir)
+
+    def _flush(self) -> None:
+        """Let the worker finish what is queued, for at most FLUSH_SECONDS; spool the rest."""
+        if self._worker is None:
+            return
+        done = threading.Event()
+        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
+        if not done.wait(FLUSH_SECONDS):
+            self._store_down(f"pending calls did not finish within {FLUSH_SECONDS:.0f} s")
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    Spool(self.run_id).add(item)
+                self._queue.task_done()
+            return
+        self._queue.put(None)
+        self._worker.join(timeout=5)
+        self._worker = None
 
     # -- logging -----------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._submit({"kind": "metrics", "metrics": {k: float(v) for k, v in metrics.items()}, "step": step})
+
+    def log_image(self, image_hwc: np.ndarray, key: str, step: int) -> None:
+        self._submit({"kind": "image", "image": np.ascontiguousarray(image_hwc), "key": key, "step": step})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._submit({"kind": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+
+    def _call(self, fn: Callable[[], T], what: str) -> T | None:
+        """A call outside the loop (params, artifacts, model): skipped with a warning when the store is
+        down, never raising."""
+        if not (self.enabled and self.run_id):
+            return None
+        if self.down:
+            log.warning("%s skipped: the tracking store is unusable", what)
+            return None
+        try:
+            return _retry(fn, what)
+        except Exception as err:
+            self._store_down(_first_line(err))
+            log.warning("%s skipped: %s", what, _first_line(err))
+            return None
+
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params; a key already logged with another value (params are immutable in MLflow)
         is recorded as the tag `param_override.<key>` instead of failing."""
-        if not self.enabled:
-            return
-        existing = _retry(lambda: self.mlflow.get_run(self.run_id), "get_run").data.params
-        new = {k: str(v) for k, v in params.items() if k not in existing}
-        changed = {k: str(v) for k, v in params.items() if k in existing and existing[k] != str(v)}
-        if new:
-            _retry(lambda: self.mlflow.log_params(new), "log_params")
-        if changed:
-            log.info("params changed since this run was logged, recorded as tags: %s", ", ".join(sorted(changed)))
-            _retry(lambda: self.mlflow.set_tags({f"param_override.{k}": v for k, v in changed.items()}), "set_tags")
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        if self.enabled:
-            _retry(lambda: self.mlflow.set_tags(tags), "set_tags")
+        def log_them() -> None:
+            existing = self.client.get_run(self.run_id).data.params
+            new = {k: str(v) for k, v in params.items() if k not in existing}
+            changed = {k: str(v) for k, v in params.items() if k in existing and existing[k] != str(v)}
+            if new:
+                self.mlflow.log_params(new)
+            if changed:
+                log.info("params changed since this run was logged, recorded as tags: %s", ", ".join(sorted(changed)))
+                self.mlflow.set_tags({f"param_override.{k}": v for k, v in changed.items()})
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.enabled:
-            _retry(lambda: self.mlflow.log_metrics(metrics, step=step), "log_metrics")
-
-    def log_image(self, image_hwc: np.ndarray, key: str, step: int) -> None:
-        if self.enabled:
-            _retry(lambda: self.mlflow.log_image(image_hwc, key=key, step=step, synchronous=True), "log_image")
+        self._call(log_them, "log_params")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            _retry(lambda: self.mlflow.log_artifact(str(path), artifact_path), "log_artifact")
+        self._call(lambda: self.mlflow.log_artifact(str(path), artifact_path), "log_artifact")
 
     def log_model(self, model: Any, input_example: np.ndarray) -> str | None:
         """Log the generator (torch.export format) and register it; return the model URI."""
-        if not self.enabled:
-            return None
         import torch
 
         reqs = [f"torch=={torch.__version__.split('+')[0]}"]
-        info = _retry(
+        self._flush_quietly()
+        info = self._call(
             lambda: self.mlflow.pytorch.log_model(
-                model,
-                name=MODEL_NAME,
-                input_example=input_example,
-                pip_requirements=reqs,
+                model, name=MODEL_NAME, input_example=input_example, pip_requirements=reqs,
                 registered_model_name=self.cfg.registered_model,
             ),
             "log_model",
         )
-        return info.model_uri
+        return info.model_uri if info else None
+
+    def _flush_quietly(self) -> None:
+        """Drain the queue before a synchronous call (keeps the order of calls), restarting the worker."""
+        if self._worker is not None:
+            self._flush()
+            if self._worker is None and not self.down:
+                self._worker = threading.Thread(target=self._work, name="ganflow-tracking", daemon=True)
+                self._worker.start()
 
     def write_handle(self, path: str | Path) -> None:
         """Record which run this stage logged to, for the later stages (models/run.json)."""
@@ -196,6 +490,12 @@ def read_handle(path: str | Path) -> str | None:
         return json.loads(Path(path).read_text()).get("run_id")
     except (OSError, ValueError) as err:
         raise GanflowError(f"{path}: unreadable run handle ({err})") from None
+
+
+def _run_tags(tags: dict[str, str]):
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, v) for k, v in tags.items()]
 
 
 def _dvc_tags() -> dict[str, str]:
