@@ -91,6 +91,19 @@ def resolve_uri(cfg: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or local_uri()
 
 
+def _check_sqlite_file(uri: str) -> None:
+    """Refuse an sqlite store that is not a database at once (MLflow would retry for minutes)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(urllib.parse.unquote(uri.removeprefix("sqlite:///")))
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"{path} is not an sqlite database")
+
+
 def _is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
@@ -211,7 +224,9 @@ class Tracker:
         where = f"tracking.uri {self.uri}" if _is_remote(self.uri) else f"tracking store {self.uri}"
         hint = "start it, fix the URI, or set tracking.fallback_to_local: true" if _is_remote(self.uri) else \
             "move the file away (a new one is made) or set tracking.uri / tracking.enabled: false"
-        if _is_remote(self.uri) and "Connection" in type(err).__name__ + str(err):
+        import requests
+
+        if isinstance(err, requests.exceptions.ConnectionError):  # from the /health probe: nothing listens
             return f"{where}: MLflow server unreachable ({type(err).__name__}); {hint}"
         return f"{where}: not a usable MLflow store ({_first_line(err)}); {hint}"
 
@@ -223,6 +238,7 @@ class Tracker:
             import requests
 
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        _check_sqlite_file(uri)
         with _no_stray_folder(uri):
             self.mlflow.set_tracking_uri(uri)
             self.client = MlflowClient(uri)
@@ -321,8 +337,8 @@ class Tracker:
                 log.warning("tracking store back: %s", gap)
                 self.down = None
             except Exception:
-                log.warning("tracking store %s still unusable: the run's calls stay in %s and are replayed by "
-                            "the next stage that tracks; the stage itself succeeded", self.uri, Spool(self.run_id).dir)
+                log.info("tracking store %s has not come back: the run's calls stay in %s and are replayed by "
+                         "the next stage that tracks", self.uri, Spool(self.run_id).dir)
                 return
         try:
             _retry(lambda: self.mlflow.end_run(status=status), "end_run")
@@ -427,7 +443,7 @@ class Tracker:
         if not (self.enabled and self.run_id):
             return None
         if self.down:
-            log.warning("%s skipped: the tracking store is unusable", what)
+            log.info("%s skipped: the tracking store is down", what)
             return None
         try:
             return _retry(fn, what)

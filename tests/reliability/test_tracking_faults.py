@@ -107,7 +107,7 @@ def train(ws, tmp_path, params, env=None, **kw):
 
 
 @pytest.mark.slow
-def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path):
+def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path, monkeypatch):
     port = free_port()
     server = mlflow_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
@@ -128,7 +128,8 @@ def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path
     # the server comes back: the next stage that tracks replays the spool into the run
     server = mlflow_server(tmp_path, port)
     try:
-        os.environ["DVC_ROOT"] = str(tmp_path)
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
         t = tracking.Tracker(TrackingConfig(uri=uri))
         t.start(run_id=run_id)
         t.end()
@@ -137,7 +138,6 @@ def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path
         assert "replayed" in client.get_run(run_id).data.tags[tracking.TAG_GAP]
         assert not (tmp_path / ".ganflow" / "spool" / run_id).exists()
     finally:
-        del os.environ["DVC_ROOT"]
         os.killpg(server.pid, signal.SIGKILL)
 
 
@@ -225,11 +225,9 @@ def test_a_moved_project_keeps_its_artifacts_in_the_project(tmp_path, monkeypatc
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()
-    monkeypatch.setenv("DVC_ROOT", str(old))
-    t = tracking.Tracker(TrackingConfig())
-    t.start()
-    t.end()
-    old.rename(new)
+    first_run = "from ganflow import tracking, config; t = tracking.Tracker(config.TrackingConfig()); t.start(); t.end()"
+    subprocess.run([sys.executable, "-c", first_run], env={**os.environ, "DVC_ROOT": str(old)}, check=True, capture_output=True)
+    old.rename(new)  # the user moves the project between two runs
     monkeypatch.setenv("DVC_ROOT", str(new))
     (new / "note.txt").write_text("artifact")
     t = tracking.Tracker(TrackingConfig())
@@ -278,7 +276,8 @@ def test_a_store_that_fails_mid_run_spools_and_replays(tmp_path, monkeypatch):
     assert "3 logging calls (steps 2-3)" in client.get_run(t.run_id).data.tags[tracking.TAG_GAP]
 
 
-def test_start_errors_are_ganflow_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}")
-    with pytest.raises(GanflowError, match="not a usable MLflow store"):
+def test_a_store_under_a_file_is_a_ganflow_error(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("not a folder")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'afile' / 'x.db'}")
+    with pytest.raises(GanflowError, match=f"tracking store sqlite:///{tmp_path / 'afile' / 'x.db'}: not a usable MLflow store"):
         tracking.Tracker(TrackingConfig())
