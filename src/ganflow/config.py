@@ -110,6 +110,7 @@ class TrainConfig(_Section):
     cuda_graph: Literal["auto", "on", "off"] = Field(
         "auto", description="whole D+G step as one CUDA graph: auto (single CUDA process, when capture works) | on | off"
     )
+    resume: bool = Field(True, description="false: train from scratch, keeping any checkpoint as models/checkpoint.prev.pt")
     log_every: PosInt = Field(20, description="steps between loss logs (metrics/train_log.tsv, MLflow)")
     sample_every: PosInt = Field(200, description="steps between fixed-noise grids (MLflow; the last is metrics/train_grid.png)")
     checkpoint_every: PosInt = Field(100, description="steps between checkpoints (models/checkpoint.pt, atomic)")

@@ -14,9 +14,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ganflow import GanflowError
+from ganflow import GanflowError, progress
 from ganflow.io import atomic_dir, atomic_path, png_bytes, to_pil
 from ganflow.io import grid as make_grid
 from ganflow.pixels import to_uint8
@@ -114,7 +113,7 @@ def write_samples(
     t0 = time.perf_counter()
     with atomic_dir(out_dir) as tmp, (atomic_path(grid) if grid else nullcontext()) as tmp_grid, \
             ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=n, desc="sample", unit="img", dynamic_ncols=True, mininterval=1.0) as bar:
+            progress.bar(n, "sample", "img") as bar:
         for start, stop in batches(n, batch_size):
             images = generate(G, seed, start, stop, device, classes)
             list(pool.map(save, zip(range(start, stop), images)))  # wait: bounds memory to one batch

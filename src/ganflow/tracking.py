@@ -44,6 +44,16 @@ TAG_DVC_BASELINE = "dvc.baseline_rev"
 TAG_RESUMED_FROM = "ganflow.resumed_from_run"
 TAG_RESUMED_STEP = "ganflow.resumed_from_step"
 TAG_GAP = "ganflow.tracking_gap"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+TAG_NOTE = "mlflow.note.content"  # the run's description in the UI
+TAG_PARENT = "mlflow.parentRunId"
+TAG_BASELINE_COMMIT = "ganflow.baseline_commit"
+TAG_PARAMS_DIFF = "ganflow.params_diff"
+TAG_DIRTY = "ganflow.code_dirty"
+TAG_DATA = "ganflow.data_sha256"
+TAG_EVALUATOR = "ganflow.evaluator_sha256"
+TAG_STATUS = "ganflow.status"  # of a model version: champion | candidate
+CHAMPION = "champion"
 
 # bounded HTTP behaviour for remote stores (MLflow's defaults retry for minutes); env vars override
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -257,7 +267,10 @@ class Tracker:
             except Exception as err:  # created meanwhile by a parallel experiment
                 if "already exists" not in str(err):
                     raise
-        return mlflow.set_experiment(self.cfg.experiment)
+        exp = mlflow.set_experiment(self.cfg.experiment)
+        if exp.tags.get(TAG_EXPERIMENT_KIND) != "custom_model_development":  # the UI's model-training layout
+            self.client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, "custom_model_development")
+        return exp
 
     def _follow_moved_project(self) -> None:
         """A project moved with `mv` keeps its mlflow.db, whose experiments still name the old path's
@@ -280,24 +293,24 @@ class Tracker:
                 log.warning("the project moved: MLflow artifacts of experiment %s now go to %s (were %s)", exp_id, here, old)
 
     # -- run lifecycle -----------------------------------------------------------------------
-    def start(self, run_id: str | None = None, tags: dict[str, str] | None = None, attempt: Path | None = None) -> None:
-        """Start a new run in tracking.experiment, or reopen `run_id`; replay any spooled calls.
-        `attempt`: a file naming this stage's run while it is open, so the next attempt can mark a run
-        killed before its first checkpoint as KILLED."""
+    def start(self, run_id: str | None = None, tags: dict[str, str] | None = None, attempt: Path | None = None,
+              name: str | None = None) -> None:
+        """Start a new run named `name` in tracking.experiment (system metrics on), or reopen `run_id`;
+        replay any spooled calls. `attempt`: a file naming this stage's run while it is open, so the
+        next attempt can mark a run killed before its first checkpoint as KILLED."""
         if not self.enabled:
             return
         mlflow = self.mlflow
         try:
             if run_id is None:
                 tags = {**_dvc_tags(), **(tags or {})}
-                run = _retry(lambda: mlflow.start_run(experiment_id=self.experiment_id, tags=tags), "start_run")
+                run = _retry(lambda: mlflow.start_run(experiment_id=self.experiment_id, run_name=name, tags=tags,
+                                                      log_system_metrics=True), "start_run")
             else:
-                try:
-                    self.client.get_run(run_id)
-                except Exception:
+                if not self.has_run(run_id):
                     log.warning("run %s is not in %s: logging to a new run", run_id, self.uri)
-                    return self.start(tags=tags, attempt=attempt)
-                run = _retry(lambda: mlflow.start_run(run_id=run_id), "start_run")
+                    return self.start(tags=tags, attempt=attempt, name=name)
+                run = _retry(lambda: mlflow.start_run(run_id=run_id, log_system_metrics=True), "start_run")
         except Exception as err:
             raise GanflowError(self._start_error(err)) from None
         self.run_id = run.info.run_id
@@ -347,6 +360,23 @@ class Tracker:
             return
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
+
+    def has_run(self, run_id: str | None) -> bool:
+        if not (self.enabled and run_id):
+            return False
+        try:
+            self.client.get_run(run_id)
+            return True
+        except Exception:
+            return False
+
+    def run_data(self, run_id: str):
+        """(params, metrics, tags) of a run, or None when it cannot be read."""
+        try:
+            data = self.client.get_run(run_id).data
+            return data.params, data.metrics, data.tags
+        except Exception:
+            return None
 
     def mark(self, run_id: str, status: str) -> None:
         """Set another run's status (an interrupted attempt that is still RUNNING -> KILLED)."""
@@ -471,8 +501,9 @@ class Tracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call(lambda: self.mlflow.log_artifact(str(path), artifact_path), "log_artifact")
 
-    def log_model(self, model: Any, input_example: np.ndarray) -> str | None:
-        """Log the generator (torch.export format) and register it; return the model URI."""
+    def log_model(self, model: Any, input_example: np.ndarray, metadata: dict[str, Any] | None = None) -> str | None:
+        """Log the generator (torch.export format) and register it; return the model URI. `metadata`
+        (z_dim, n_classes) is what `ganflow sample --model` needs to feed it."""
         import torch
 
         reqs = [f"torch=={torch.__version__.split('+')[0]}"]
@@ -480,7 +511,7 @@ class Tracker:
         info = self._call(
             lambda: self.mlflow.pytorch.log_model(
                 model, name=MODEL_NAME, input_example=input_example, pip_requirements=reqs,
-                registered_model_name=self.cfg.registered_model,
+                registered_model_name=self.cfg.registered_model, metadata=metadata,
             ),
             "log_model",
         )
@@ -494,11 +525,73 @@ class Tracker:
                 self._worker = threading.Thread(target=self._work, name="ganflow-tracking", daemon=True)
                 self._worker.start()
 
-    def write_handle(self, path: str | Path) -> None:
-        """Record which run this stage logged to, for the later stages (models/run.json)."""
+    def log_history(self, rows: list[list[float]], columns: tuple[str, ...]) -> None:
+        """Rows of (step, value, ...) that an earlier attempt trained (a resumed run's past), as metrics."""
+        for row in rows:
+            self.log_metrics(dict(zip(columns[1:], row[1:])), step=int(row[0]))
+
+    def log_dataset(self, images: np.ndarray, meta: dict[str, Any]) -> None:
+        """The prepared data as the run's input, with its content digest (the UI's Datasets column)."""
+
+        def log_it() -> None:
+            from mlflow.data import from_numpy
+
+            ds = from_numpy(images[:1], source="data/prepared", name=meta.get("source", "prepared"), digest=meta["sha256"][:16])
+            self.mlflow.log_input(ds, context="training", tags={"count": str(meta["count"]), "sha256": meta["sha256"]})
+
+        self._call(log_it, "log_input")
+
+    def annotate_model(self, tags: dict[str, str], description: str) -> None:
+        """Tag the model version this run registered, and describe its contract."""
+        name = self.cfg.registered_model
+
+        def annotate() -> None:
+            for v in self.client.search_model_versions(f"name='{name}' and run_id='{self.run_id}'"):
+                for k, val in tags.items():
+                    self.client.set_model_version_tag(name, v.version, k, str(val))
+                self.client.update_model_version(name, v.version, description=description)
+
+        if name:
+            self._call(annotate, "tag model version")
+
+    def promote(self, train_run_id: str, scores: dict[str, float], metric: str, n_key: str) -> str | None:
+        """Score the version that `train_run_id` registered; move the `champion` alias to it only when
+        its `metric` beats the champion's at equal N (lower is better). Returns its new status."""
+        name = self.cfg.registered_model
+        if not (self.enabled and name and train_run_id) or self.down:
+            return None
+
+        def decide() -> str | None:
+            versions = self.client.search_model_versions(f"name='{name}' and run_id='{train_run_id}'")
+            if not versions:
+                return None
+            v = versions[0]
+            for k in (metric, n_key):
+                self.client.set_model_version_tag(name, v.version, k, repr(scores[k]))
+            try:
+                champ = self.client.get_model_version_by_alias(name, CHAMPION)
+            except Exception:
+                champ = None
+            better = champ is None or champ.version == v.version or (
+                champ.tags.get(n_key) == repr(scores[n_key]) and metric in champ.tags
+                and scores[metric] < float(champ.tags[metric]))
+            status = CHAMPION if better else "candidate"
+            if better:
+                self.client.set_registered_model_alias(name, CHAMPION, v.version)
+                if champ is not None and champ.version != v.version:
+                    self.client.set_model_version_tag(name, champ.version, TAG_STATUS, "candidate")
+            self.client.set_model_version_tag(name, v.version, TAG_STATUS, status)
+            return status
+
+        return self._call(decide, "promote model version")
+
+    def write_handle(self, path: str | Path, run_id: str | None = None) -> None:
+        """Record which run trained the model, for the later stages (models/run.json). The store is
+        named only when it is a server: a path of this machine never goes into a DVC-tracked file."""
         from ganflow.io import write_json
 
-        write_json(path, {"run_id": self.run_id, "tracking_uri": self.uri})
+        store = self.uri if self.uri and _is_remote(self.uri) else "local"
+        write_json(path, {"run_id": run_id or self.run_id, "store": store})
 
 
 def read_handle(path: str | Path) -> str | None:
@@ -521,3 +614,56 @@ def _dvc_tags() -> dict[str, str]:
     if os.environ.get("DVC_EXP_BASELINE_REV"):
         tags[TAG_DVC_BASELINE] = os.environ["DVC_EXP_BASELINE_REV"]
     return tags
+
+
+def _git(*args: str) -> str | None:
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def params_diff(flat: dict[str, Any], params_file: str | Path) -> dict[str, tuple[Any, Any]]:
+    """Params that differ from the committed params file (HEAD): key -> (committed, now)."""
+    from ganflow.config import _Yaml12Loader
+
+    import yaml
+
+    committed = _git("show", f"HEAD:{Path(params_file).as_posix()}")
+    if committed is None:
+        return {}
+    try:
+        old = yaml.load(committed, Loader=_Yaml12Loader) or {}
+    except yaml.YAMLError:
+        return {}
+    old_flat: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            walk(v, f"{prefix}{k}.") if isinstance(v, dict) else old_flat.__setitem__(prefix + k, v)
+
+    walk(old, "")
+    return {k: (old_flat.get(k), v) for k, v in flat.items() if old_flat.get(k) != v}
+
+
+def provenance(flat: dict[str, Any], params_file: str | Path, extra: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """(a readable run name, tags) for a new run: the DVC experiment's name, else what changed against
+    the committed params; the baseline commit, the diff of params, and whether the code differs from it."""
+    diff = params_diff(flat, params_file)
+    head = (_git("rev-parse", "--short", "HEAD") or "").strip()
+    changed = ", ".join(f"{k.split('.', 1)[-1]}={v}" for k, (_, v) in sorted(diff.items()))
+    name = os.environ.get("DVC_EXP_NAME") or changed[:90] or (f"baseline {head}" if head else "baseline")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "src", "stages", "dvc.yaml", "pyproject.toml")
+    tags = {
+        TAG_BASELINE_COMMIT: (_git("rev-parse", "HEAD") or "").strip() or "unknown",
+        TAG_PARAMS_DIFF: "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in sorted(diff.items())) or "none",
+        TAG_DIRTY: "unknown" if dirty is None else str(bool(dirty.strip())).lower(),
+        **(extra or {}),
+    }
+    what = f"DVC experiment `{os.environ['DVC_EXP_NAME']}`" if os.environ.get("DVC_EXP_NAME") else "`dvc repro`"
+    tags[TAG_NOTE] = (f"{what} on commit {head or 'unknown'}; params changed against it: "
+                      f"{tags[TAG_PARAMS_DIFF]}; code changed against it: {tags[TAG_DIRTY]}.")
+    return name, tags

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ganflow import GanflowError, accel, augment, checkpoint, deps, losses
+from ganflow import GanflowError, accel, augment, checkpoint, deps, losses, progress
 from ganflow.data import ImageSet
 from ganflow.distributed import SINGLE, Dist, all_mean, gather
 from ganflow.generator import serving_model
@@ -34,7 +33,7 @@ log = logging.getLogger("ganflow.train")
 LOG_COLUMNS = ("step", "loss_D", "loss_G", "D_x", "D_G_z")  # what train_step returns, after the step
 # keys that may change between a checkpoint and a resume without changing what is trained
 NOT_FINGERPRINTED = {
-    "steps", "log_every", "sample_every", "checkpoint_every", "device", "eval_every", "eval_samples",
+    "steps", "resume", "log_every", "sample_every", "checkpoint_every", "device", "eval_every", "eval_samples",
     "channels_last", "compile", "cuda_graph",  # speed levers compute the same step
     "devices",  # the resolved world size is fingerprinted instead
 }
@@ -188,7 +187,9 @@ class Trainer:
             return "no checkpoint: starting fresh"
         ckpt = checkpoint.load(path, checkpoint.FORMAT, map_location=self.device)
         changed = fingerprint_changes(ckpt["fingerprint"], self.fingerprint)
-        if changed:
+        if not self.cfg.resume:
+            why = "is not resumed (train.resume is false)"
+        elif changed:
             why = f"was made with other settings ({', '.join(changed)} changed)"
         elif ckpt["step"] > self.cfg.steps:
             why = f"is at step {ckpt['step']}, beyond train.steps={self.cfg.steps}"
@@ -339,8 +340,9 @@ class Trainer:
         step = self.levers.stepper(self.train_step, (self.opt_d, self.opt_g))
         meter, clock = LossMeter(self.device), Clock(st.step, st.eval_seconds)
         per_step = cfg.batch_size * self.loss.n_critic * self.dist.world_size  # images D sees per step
-        with tqdm(total=cfg.steps, initial=st.step, desc="train", unit="step", dynamic_ncols=True,
-                  mininterval=1.0, disable=not main) as bar:
+        if main and st.step == 0:  # the untrained G's grid: a reviewer's step slider starts at step 0
+            self.snapshot_grid(outputs)(hooks)
+        with progress.bar(cfg.steps, "train", "step", initial=st.step, disable=not main) as bar:
             while st.step < cfg.steps:
                 meter.add(step())
                 st.step += 1
@@ -351,7 +353,9 @@ class Trainer:
                     speed = clock.rate(st.step, per_step)
                     (loss_d, loss_g, *_), report = self.log_interval(meter, outputs, speed)
                     reports.append(report)
-                    bar.set_postfix(loss_D=f"{loss_d:.3f}", loss_G=f"{loss_g:.3f}", img_s=f"{speed:.0f}")
+                    if main:
+                        progress.report(bar, log, "train", st.step, cfg.steps, loss_D=f"{loss_d:.3f}", loss_G=f"{loss_g:.3f}",
+                                        img_s=f"{speed:.0f}")
                 if main and due(st.step, cfg.sample_every, last):
                     reports.append(self.snapshot_grid(outputs))
                 if main and selection and due(st.step, cfg.eval_every, last):
