@@ -103,8 +103,8 @@ def dvc(root: Path, env: dict, *args: str, check: bool = True):
 
 
 def make_project(root: Path, overrides: dict | None = None) -> dict:
-    """Copy the project (code, dvc.yaml, params.yaml with TINY values and `overrides`) into a new
-    git + DVC repo at `root`; return the environment to run dvc in (MLflow: the default <root>/mlflow.db)."""
+    """Copy the project (code, dvc.yaml, .dvc/config, params.yaml with TINY values and `overrides`) into a
+    new git + DVC repo at `root`; return the environment to run dvc in (MLflow: the default <root>/mlflow.db)."""
     import shutil
 
     import yaml
@@ -119,6 +119,7 @@ def make_project(root: Path, overrides: dict | None = None) -> dict:
     env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "TORCH_HOME": str(root / ".torch"), "DVC_NO_ANALYTICS": "1"}
     sh("git", "init", "-q", cwd=root, env=env)
     dvc(root, env, "init", "-q")
+    shutil.copy(ROOT / ".dvc" / "config", root / ".dvc" / "config")  # the shipped default remote too
     sh("git", "add", "-A", cwd=root, env=env)
     sh("git", "commit", "-qm", "tiny project", cwd=root, env=env)
     return env
