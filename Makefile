@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # pip's mirror set-up prints one warning per package it does not hold: keep the log readable
 QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup repro test bench clean-venv
+.PHONY: setup repro test bench plots clean-venv
 
 setup: $(STAMP)
 
@@ -32,6 +32,13 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/quality.py
+
+# dvc plots as HTML that renders offline (Vega inlined, built once with npm into an ignored path);
+# REVS="HEAD~1" or REVS="main my-exp" gives `dvc plots diff REVS` instead of `dvc plots show`
+PLOTS_TEMPLATE := .dvc/tmp/offline-plots.html
+plots: setup
+	@$(BIN)/python tools/offline_plots_template.py $(PLOTS_TEMPLATE)
+	$(BIN)/dvc plots $(if $(REVS),diff $(REVS),show) --html-template $(PLOTS_TEMPLATE)
 
 clean-venv:
 	rm -rf $(VENV)

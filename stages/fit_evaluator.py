@@ -5,9 +5,9 @@ import argparse
 import torch
 
 from ganflow import accel, data, evaluator
-from ganflow.stage import stage
 from ganflow.config import load_params
 from ganflow.io import write_json
+from ganflow.stage import stage
 
 
 @stage

@@ -3,9 +3,9 @@
 import argparse
 
 from ganflow import data
-from ganflow.stage import stage
 from ganflow.config import load_params
 from ganflow.io import save_grid
+from ganflow.stage import stage
 
 
 @stage

@@ -3,11 +3,10 @@
 import argparse
 
 from ganflow.accel import select_device
-from ganflow.stage import stage
 from ganflow.config import load_params
 from ganflow.generator import load_generator
-from ganflow.io import save_grid
-from ganflow.sampling import class_grid, write_samples
+from ganflow.sampling import write_samples
+from ganflow.stage import stage
 
 
 @stage
@@ -24,8 +23,7 @@ def main(argv: list[str]) -> None:
 
     device = select_device(params.train.device)
     G, info = load_generator(a.generator_best if cfg.checkpoint == "best" else a.generator, device)
-    ms = write_samples(G, a.out, cfg.n, cfg.seed, cfg.batch_size, device, cfg.classes, cfg.workers)
-    save_grid(class_grid(G, cfg.seed, device, cfg.classes), a.grid, nrow=10)
+    ms = write_samples(G, a.out, cfg.n, cfg.seed, cfg.batch_size, device, cfg.classes, cfg.workers, grid=a.grid)
     print(f"wrote {cfg.n} samples of the {cfg.checkpoint} generator (step {info['step']}) to {a.out} ({ms:.2f} s per 1,000 images)")
 
 

@@ -5,11 +5,12 @@ import logging
 from pathlib import Path
 
 from ganflow import accel, data, deps, distributed, evaluator, metrics
-from ganflow.stage import stage
 from ganflow.config import flatten, load_params
 from ganflow.outputs import TrainOutputs, TrainPaths
-from ganflow.tracking import TAG_RESUMED_FROM, TAG_RESUMED_STEP, Tracker
-from ganflow.training import Hooks, Selection, Trainer
+from ganflow.stage import stage
+from ganflow.tracking import (TAG_BASELINE_COMMIT, TAG_DATA, TAG_EVALUATOR, TAG_RESUMED_FROM, TAG_RESUMED_STEP, Tracker,
+                              _dvc_tags, provenance)
+from ganflow.training import LOG_COLUMNS, Hooks, Selection, Trainer
 
 log = logging.getLogger("ganflow.train")
 
@@ -46,21 +47,37 @@ def main(argv: list[str]) -> None:
     decision = trainer.try_resume(a.checkpoint)
     if dist.main:
         log.info(decision)
+    outputs = TrainOutputs(TrainPaths(a.generator, a.checkpoint, a.log_tsv, a.grid, a.generator_best, a.fid_tsv))
+    previous = (trainer.resumed or {}).get("run_id")
+    if trainer.state.step >= params.train.steps and previous:
+        # nothing left to train (`dvc repro -f`, a logging-only change): no new run, no new model version;
+        # the outputs are written again from the checkpoint, and run.json names the run that trained them
+        trainer.run(outputs)
+        if dist.main:
+            tracker.write_handle(a.run_handle, previous)
+            log.info("nothing left to train: the model and MLflow run %s are the ones that trained it "
+                     "(train.resume: false retrains from scratch)", previous)
+        distributed.shutdown(dist)
+        return
 
-    tracker.start()
-    tracker.log_params(flatten(params))
+    flat = flatten(params)
+    name, tags = provenance(flat, a.params, {TAG_DATA: meta["sha256"], TAG_EVALUATOR: metrics.file_sha256(a.evaluator)})
+    # .ganflow/train-run.json names the open run: a run killed before its first checkpoint is marked KILLED next time
+    tracker.start(name=name, tags=tags, attempt=Path(".ganflow") / "train-run.json")
+    tracker.log_params(flat)
     tracker.log_artifact(a.params)
-    if trainer.resumed:
-        # the interrupted attempt's run is closed as KILLED; this run links to it
-        previous = trainer.resumed.get("run_id")
-        if previous:
-            tracker.mark(previous, "KILLED")
-        tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed["step"])})
-    trainer.extra["run_id"] = tracker.run_id
+    tracker.log_dataset(ds.images, meta)
     selection = Selection(metrics.key("fid", "classifier"), metrics.TrainingFID(
         ds.images, a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
     ))
-    outputs = TrainOutputs(TrainPaths(a.generator, a.checkpoint, a.log_tsv, a.grid, a.generator_best, a.fid_tsv))
+    if trainer.resumed:
+        # the interrupted attempt's run is closed as KILLED; this run links to it and carries its whole history
+        if previous:
+            tracker.mark(previous, "KILLED")
+        tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed["step"])})
+        tracker.log_history(trainer.state.log_rows, LOG_COLUMNS)
+        tracker.log_history(trainer.state.score_rows, ("step", f"{selection.name}_during_training"))
+    trainer.extra["run_id"] = tracker.run_id
     hooks = Hooks(
         on_metrics=tracker.log_metrics,
         on_grid=lambda g, step: tracker.log_image(g, "train_grid", step),
@@ -68,8 +85,12 @@ def main(argv: list[str]) -> None:
     try:
         summary = trainer.run(outputs, hooks, selection=selection)
         tracker.log_metrics(summary)
-        if dist.main:
-            tracker.log_model(*trainer.export_generator())
+        if dist.main and summary["steps_run"]:
+            net = trainer.net_cfg
+            tracker.log_model(*trainer.export_generator(), metadata={"z_dim": net.z_dim, "n_classes": net.n_classes,
+                                                                      "arch": trainer.cfg.arch})
+            tracker.annotate_model({"run_name": name, "data_sha256": meta["sha256"], **_dvc_tags(),
+                                    TAG_BASELINE_COMMIT: tags[TAG_BASELINE_COMMIT]}, contract(trainer))
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -80,6 +101,16 @@ def main(argv: list[str]) -> None:
     if not dist.main:
         return
     print(f"trained {params.train.arch}/{params.train.loss} to step {trainer.state.step}: {summary['train_img_per_s']:.0f} img/s")
+
+
+def contract(trainer: Trainer) -> str:
+    """The registered generator's input/output contract, as its model version description."""
+    net = trainer.net_cfg
+    cond = (f", plus a last column holding the class index 0..{net.n_classes - 1} (a class-conditional G)"
+            if net.n_classes else "")
+    return (f"ganflow generator ({trainer.cfg.arch}). Input: one float32 tensor N×{net.z_dim + bool(net.n_classes)}: "
+            f"z ~ N(0, 1) of size z_dim={net.z_dim}{cond}. Output: N×{net.channels}×{net.resolution}×{net.resolution} "
+            "float32 images in [-1, 1]; pixels = round((x + 1) · 127.5). Load: mlflow.pytorch.load_model(uri).")
 
 
 if __name__ == "__main__":

@@ -94,12 +94,14 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def run_stage(name: str, *args: str, cwd: Path = ROOT, env: dict | None = None):
+def run_stage(name: str, *args: str, cwd: Path = ROOT, env: dict | None = None, new_session: bool = False):
+    """A stage as dvc.yaml runs it: its own process (in its own process group with new_session, so a
+    fault-injected SIGKILL of the group stops the stage and not the tests)."""
     import subprocess
 
     return subprocess.run(
         [sys.executable, str(ROOT / "stages" / f"{name}.py"), *args],
-        cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+        cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, start_new_session=new_session,
     )
 
 
@@ -117,8 +119,8 @@ def dvc(root: Path, env: dict, *args: str, check: bool = True):
 
 
 def make_project(root: Path, overrides: dict | None = None) -> dict:
-    """Copy the project (code, dvc.yaml, params.yaml with TINY values and `overrides`) into a new
-    git + DVC repo at `root`; return the environment to run dvc in (MLflow: the default <root>/mlflow.db)."""
+    """Copy the project (code, dvc.yaml, .dvc/config, params.yaml with TINY values and `overrides`) into a
+    new git + DVC repo at `root`; return the environment to run dvc in (MLflow: the default <root>/mlflow.db)."""
     import shutil
 
     import yaml
@@ -133,9 +135,20 @@ def make_project(root: Path, overrides: dict | None = None) -> dict:
     env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "TORCH_HOME": str(root / ".torch"), "DVC_NO_ANALYTICS": "1"}
     sh("git", "init", "-q", cwd=root, env=env)
     dvc(root, env, "init", "-q")
+    shutil.copy(ROOT / ".dvc" / "config", root / ".dvc" / "config")  # the shipped default remote too
     sh("git", "add", "-A", cwd=root, env=env)
     sh("git", "commit", "-qm", "tiny project", cwd=root, env=env)
     return env
+
+
+def copy_project(src: Path, dst: Path, env: dict) -> dict:
+    """Copy a project made by `make_project` (git repo, DVC cache, outputs, MLflow DB) to `dst`, for a
+    test that changes it; return the environment to run dvc in there. MLflow stores artifact locations
+    as absolute paths, so artifacts the copy logs still go under `src`'s mlruns/ (new run ids only)."""
+    import shutil
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return {**env, "TORCH_HOME": str(dst / ".torch")}
 
 
 def mlflow_runs(root: Path, experiment: str = "ganflow"):

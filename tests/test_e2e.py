@@ -1,28 +1,48 @@
-"""One real `dvc repro` of the whole pipeline on tiny params, in a temp git repo, with real MLflow."""
+"""One real `dvc repro` of the whole pipeline on tiny params, in a temp git repo, with real MLflow.
+
+The tests pass in any order: they only read the shared project (a repeated `dvc repro` is a no-op), and a
+test that changes params, commits or logs runs does so in its own copy of it (`own_copy`)."""
 
 import json
-import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
 
-from conftest import TINY, dvc, make_project, mlflow_runs, sh
+from conftest import TINY, copy_project, dvc, make_project, mlflow_runs, sh
 
 pytestmark = pytest.mark.slow
 
 
+class Project(NamedTuple):
+    root: Path
+    env: dict
+    commit: str  # the commit the first run was made at
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory) -> Project:
+    """The tiny project after its first `dvc repro`, with dvc.lock and metrics committed on top."""
     root = tmp_path_factory.mktemp("proj")
     env = make_project(root)
-    first = dvc(root, env, "repro")
+    commit = sh("git", "rev-parse", "HEAD", cwd=root, env=env).stdout.strip()
+    dvc(root, env, "repro")
     sh("git", "add", "-A", cwd=root, env=env)
     sh("git", "commit", "-qm", "first run: dvc.lock and metrics", cwd=root, env=env)
-    return root, env, first
+    return Project(root, env, commit)
+
+
+@pytest.fixture
+def own_copy(project, tmp_path) -> Project:
+    """A copy of the project as the first run left it, for a test that changes it."""
+    root = tmp_path / "proj"
+    return Project(root, copy_project(project.root, root, project.env), project.commit)
 
 
 def test_every_output_is_there(project):
-    root, _, _ = project
+    root = project.root
     meta = json.loads((root / "data/prepared/meta.json").read_text())
     assert meta["count"] == 5000 and meta["shape"] == [1, 28, 28] and len(meta["sha256"]) == 64
     assert json.loads((root / "metrics/evaluator.json").read_text())["evaluator_accuracy"] > 0.5
@@ -52,7 +72,7 @@ def test_second_repro_is_a_no_op_and_metrics_show(project):
 
 
 def test_mlflow_run_holds_params_losses_grids_model_and_scores(project):
-    root, _, _ = project
+    root = project.root
     from mlflow import MlflowClient
 
     runs = mlflow_runs(root)
@@ -62,8 +82,7 @@ def test_mlflow_run_holds_params_losses_grids_model_and_scores(project):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.arch"] == "dcgan" and run.data.params["train.steps"] == "20"
     assert run.data.params["seed"] == "0" and "evaluate.inception" in run.data.params
-    head = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=root, capture_output=True, text=True).stdout.strip()
-    assert run.data.tags["mlflow.source.git.commit"] == head  # the commit the run was made at
+    assert run.data.tags["mlflow.source.git.commit"] == project.commit  # the commit the run was made at
     losses = client.get_metric_history(run.info.run_id, "loss_D")
     assert [m.step for m in losses] == [5, 10, 15, 20]
     eval_json = json.loads((root / "metrics/eval.json").read_text())
@@ -73,30 +92,105 @@ def test_mlflow_run_holds_params_losses_grids_model_and_scores(project):
     assert [m.name for m in client.search_logged_models(experiment_ids=[run.info.experiment_id])] == ["generator"]
     versions = client.search_model_versions("name='ganflow-generator'")
     assert len(versions) == 1 and versions[0].run_id == run.info.run_id
-    assert json.loads((root / "models/run.json").read_text())["run_id"] == run.info.run_id
+    assert json.loads((root / "models/run.json").read_text()) == {"run_id": run.info.run_id, "store": "local"}
 
 
-def test_changed_eval_params_rerun_evaluate_only_into_the_same_run(project):
-    root, env, _ = project
+def test_mlflow_run_provenance_review_and_registry(project):
+    """What a reviewer sees: a readable name, where it came from, what it was trained on, the scores'
+    artifacts, a step-0 grid, and a registered version that says its contract and its scores."""
+    root = project.root
+    from mlflow import MlflowClient
+
+    from ganflow import tracking
+
+    run = mlflow_runs(root)[0]
+    client = MlflowClient()
+    tags = run.data.tags
+    assert run.info.run_name == f"baseline {project.commit[:7]}"
+    assert tags[tracking.TAG_BASELINE_COMMIT] == project.commit and tags[tracking.TAG_PARAMS_DIFF] == "none"
+    assert tags[tracking.TAG_DIRTY] == "false" and "`dvc repro` on commit" in tags[tracking.TAG_NOTE]
+    meta = json.loads((root / "data/prepared/meta.json").read_text())
+    assert tags[tracking.TAG_DATA] == meta["sha256"] and len(tags[tracking.TAG_EVALUATOR]) == 64
+    assert [d.dataset.digest for d in client.get_run(run.info.run_id).inputs.dataset_inputs] == [meta["sha256"][:16]]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"eval.json", "sample_grid.png", "dvc.lock"} <= artifacts
+    steps = sorted({int(p.path.split("+step+")[1].split("+")[0]) for p in client.list_artifacts(run.info.run_id, "images")
+                    if "train_grid+step+" in p.path})
+    assert steps[0] == 0 and 20 in steps  # the slider starts at the untrained G
+    assert json.loads((root / "metrics/mlflow_run.json").read_text())["mlflow_run_id"] == run.info.run_id
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags[tracking.TAG_EXPERIMENT_KIND] == "custom_model_development"
+    version = client.get_model_version_by_alias("ganflow-generator", tracking.CHAMPION)
+    assert version.run_id == run.info.run_id and version.tags[tracking.TAG_STATUS] == "champion"
+    assert version.tags["data_sha256"] == meta["sha256"] and "fid_classifier" in version.tags
+    assert "z ~ N(0, 1) of size z_dim=16" in version.description and "in [-1, 1]" in version.description
+
+
+def test_changed_eval_params_rerun_evaluate_only_into_a_nested_run(own_copy):
+    """Another experiment's scores never overwrite the training run's: they go into a run nested under it."""
+    root, env, _ = own_copy
+    trained = mlflow_runs(root)[0]
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["evaluate"]["kid_subset_size"] = 40
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(root, env, "repro")
     assert "Running stage 'evaluate'" in out.stdout and "Running stage 'train'" not in out.stdout
-    runs = mlflow_runs(root)
-    assert len(runs) == 1 and runs[0].data.tags["param_override.evaluate.kid_subset_size"] == "40"
+    runs = {r.info.run_id: r for r in mlflow_runs(root)}
+    assert len(runs) == 2
+    child = next(r for r in runs.values() if r.info.run_id != trained.info.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == trained.info.run_id and child.data.params["evaluate.kid_subset_size"] == "40"
+    assert "kid_subset_size=40" in child.info.run_name
+    assert runs[trained.info.run_id].data.metrics == trained.data.metrics  # untouched
+    assert json.loads((root / "metrics/mlflow_run.json").read_text())["mlflow_run_id"] == child.info.run_id
     diff = json.loads(dvc(root, env, "metrics", "diff", "--json").stdout)  # against HEAD's committed metrics
     assert "kid_classifier" in diff["metrics/eval.json"]
-    sh("git", "checkout", "params.yaml", cwd=root, env=env)
 
 
-def test_dvc_exp_run_temp_logs_a_new_run_to_the_project_db(project):
-    root, env, _ = project
-    sh("git", "add", "-A", cwd=root, env=env)
-    sh("git", "commit", "-qm", "lock", cwd=root, env=env)
-    dvc(root, env, "exp", "run", "--temp", "-S", "train.steps=30")
-    runs = mlflow_runs(root)
-    assert len(runs) == 2
-    exp_run = runs[1]
-    assert exp_run.data.params["train.steps"] == "30" and exp_run.data.tags.get("dvc.exp_name")
+def test_dvc_exp_run_temp_logs_a_named_run_with_the_whole_history(own_copy):
+    root, env, _ = own_copy
+    from mlflow import MlflowClient
+
+    before = {r.info.run_id for r in mlflow_runs(root)}
+    dvc(root, env, "exp", "run", "--temp", "-n", "longer", "-S", "train.steps=30")
+    new = [r for r in mlflow_runs(root) if r.info.run_id not in before]
+    assert len(new) == 1
+    exp_run = new[0]
+    assert exp_run.info.run_name == "longer" and exp_run.data.tags["dvc.exp_name"] == "longer"
+    assert exp_run.data.params["train.steps"] == "30" and "train.steps: 20 -> 30" in exp_run.data.tags["ganflow.params_diff"]
     assert "fid_classifier" in exp_run.data.metrics
+    # it resumed from the baseline's checkpoint at step 20, and still holds the steps before it
+    assert exp_run.data.tags["ganflow.resumed_from_step"] == "20"
+    assert [m.step for m in MlflowClient().get_metric_history(exp_run.info.run_id, "loss_D")] == [5, 10, 15, 20, 25, 30]
+
+
+def test_experiments_that_differ_in_sample_params_get_their_own_runs_and_scores(own_copy):
+    root, env, _ = own_copy
+    trained = mlflow_runs(root)[0]
+    for n in (64, 96):
+        dvc(root, env, "exp", "run", "--temp", "-S", f"sample.n={n}")
+    new = [r for r in mlflow_runs(root) if r.info.run_id != trained.info.run_id]
+    assert sorted(int(r.data.metrics["n_samples"]) for r in new) == [64, 96]
+    assert all(r.data.tags["mlflow.parentRunId"] == trained.info.run_id for r in new)
+    assert len({r.data.metrics["fid_classifier"] for r in [trained, *new]}) == 3  # nobody's numbers overwritten
+    assert mlflow_runs(root)[0].data.metrics == trained.data.metrics
+
+
+def test_nothing_to_train_makes_no_run_and_no_model_version(own_copy):
+    root, env, _ = own_copy
+    from mlflow import MlflowClient
+
+    before = {r.info.run_id for r in mlflow_runs(root)}
+    out = dvc(root, env, "exp", "run", "--temp", "-S", "train.sample_every=5")  # a logging-only change
+    assert "nothing left to train" in out.stderr + out.stdout
+    assert {r.info.run_id for r in mlflow_runs(root)} == before
+    assert len(MlflowClient().search_model_versions("name='ganflow-generator'")) == 1
+
+
+def test_a_run_handle_naming_a_run_the_store_lacks_is_a_warning(own_copy):
+    """A teammate's clone: models/run.json (pulled from the remote) names a run of another machine's store."""
+    root, env, _ = own_copy
+    (root / "models" / "run.json").write_text(json.dumps({"run_id": "f" * 32, "store": "local"}))
+    r = sh(sys.executable, "stages/evaluate.py", "samples", "data/prepared", "models/evaluator.pt", "models/run.json",
+           "metrics/eval.json", "metrics/per_class.json", "metrics/nearest_pairs.png", cwd=root, env=env)
+    assert "Traceback" not in r.stderr and f"run {'f' * 32} is not in" in r.stderr
+    assert len(mlflow_runs(root)) == 2

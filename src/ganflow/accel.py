@@ -181,6 +181,7 @@ class Levers:
 
     def stepper(self, step: Callable[[], Any], optimizers: Iterable[torch.optim.Optimizer]) -> Callable[[], Any]:
         """What the loop calls once per step: `step` itself, or `step` captured as one CUDA graph."""
+        log.info("train.cuda_graph %s: %s", self.cuda_graph, self.graph_reason)
         if not self.graph:
             return step
         self.graph_backend.prepare(optimizers)
@@ -199,7 +200,6 @@ def levers(cfg: TrainConfig, dist: Dist = SINGLE) -> Levers:
     is one error here, before any work."""
     device = device_for(dist, select_device(cfg.device))
     graph, reason = graph_decision(cfg.cuda_graph, device, dist, cfg.compile)
-    log.info("train.cuda_graph %s: %s", cfg.cuda_graph, reason)
     return Levers(device, dist, cfg.channels_last, cfg.compile, cfg.cuda_graph, graph, reason)
 
 

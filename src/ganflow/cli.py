@@ -1,4 +1,13 @@
-"""The `ganflow` console script."""
+"""The `ganflow` console script: the commands a user reaches for besides `dvc repro`.
+
+  ganflow check [params.yaml]                 validate params without running anything
+  ganflow runs [--params params.yaml]         experiments in MLflow: run id, name, key params, scores
+  ganflow sample --model URI -n 64 --out F    a grid from a registered model or a generator file
+  ganflow deps stages/train.py ...            each stage's library files, as dvc.yaml lists them
+  ganflow evaluate --samples DIR              score any folder of PNGs with the evaluate stage's protocol
+  ganflow compare A.json B.json               two eval.json side by side; refused when their protocols differ
+  ganflow --version
+"""
 
 from __future__ import annotations
 
@@ -6,19 +15,29 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
-from ganflow import GanflowError
+from ganflow import GanflowError, __version__
+
+RUN_PARAMS = ("train.arch", "train.loss", "train.steps", "train.lr_g", "train.lr_d", "sample.n")
+RUN_SCORES = ("fid_classifier", "is_classifier", "precision_classifier", "recall_classifier", "n_samples")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`ganflow check [params.yaml]`: validate params without running anything.
-    `ganflow deps stages/*.py`: each stage script's library files, as dvc.yaml lists them.
-    `ganflow evaluate --samples DIR`: score any folder of PNGs with the evaluate stage's protocol.
-    `ganflow compare A B`: two eval.json side by side; refused when their protocols differ."""
-    ap = argparse.ArgumentParser(prog="ganflow")
+    ap = argparse.ArgumentParser(prog="ganflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"ganflow {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    check = sub.add_parser("check", help="validate params.yaml")
+    check = sub.add_parser("check", help="validate params.yaml (as every stage does before any work)")
     check.add_argument("params", nargs="?", default="params.yaml")
+    runs = sub.add_parser("runs", help="list the MLflow runs of the experiment: id, name, key params, scores")
+    runs.add_argument("--params", default="params.yaml", help="where tracking.* is read (store, experiment)")
+    runs.add_argument("--limit", type=int, default=20)
+    sample = sub.add_parser("sample", help="draw a grid of samples from a registered model or a generator file")
+    sample.add_argument("--model", required=True, help="models:/ganflow-generator@champion, runs:/ID/generator, or models/generator.pt")
+    sample.add_argument("-n", type=int, default=64, help="images (1 to 1024)")
+    sample.add_argument("--seed", type=int, default=1, help="image i depends on (seed, i) only")
+    sample.add_argument("--out", type=Path, default=Path("grid.png"))
+    sample.add_argument("--params", default="params.yaml", help="where tracking.* is read for models:/ URIs")
     dep = sub.add_parser("deps", help="print the ganflow files each stage script imports (its dvc.yaml deps)")
     dep.add_argument("scripts", nargs="+")
     ev = sub.add_parser("evaluate", help="score a folder of PNGs against the prepared data (outside DVC too)")
@@ -33,24 +52,95 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("b")
     cmp.add_argument("--force", action="store_true", help="print the comparison even when the protocols differ")
     a = ap.parse_args(argv)
-    if a.cmd == "deps":
-        print_deps(a.scripts)
-        return
+    commands: dict[str, Callable] = {"check": check_params, "runs": list_runs, "sample": sample_grid, "deps": print_deps,
+                                     "evaluate": evaluate_folder, "compare": compare}
     try:
-        {"check": check_params, "evaluate": evaluate_folder, "compare": compare}[a.cmd](a)
+        commands[a.cmd](a)
     except GanflowError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 
 
-def check_params(a: argparse.Namespace) -> None:
+def check_params(a) -> None:
     from ganflow.config import load_params
 
     load_params(a.params)
     print(f"{a.params}: ok")
 
 
-def evaluate_folder(a: argparse.Namespace) -> None:
+def _tracking(params_path: str):
+    import os
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from ganflow.config import load_params
+    from ganflow.tracking import resolve_uri
+
+    cfg = load_params(params_path).tracking
+    return cfg, resolve_uri(cfg)
+
+
+def list_runs(a) -> None:
+    import mlflow
+
+    cfg, uri = _tracking(a.params)
+    mlflow.set_tracking_uri(uri)
+    try:
+        runs = mlflow.search_runs(experiment_names=[cfg.experiment], output_format="list",
+                                  order_by=["start_time DESC"], max_results=a.limit)
+    except Exception as err:
+        raise GanflowError(f"tracking store {uri}: cannot list runs ({type(err).__name__})") from None
+    if not runs:
+        print(f"no runs in experiment {cfg.experiment!r} at {uri}")
+        return
+    head = ["run id", "name", "status", *(p.split(".")[1] for p in RUN_PARAMS), *RUN_SCORES]
+    rows = [[r.info.run_id[:12], (r.info.run_name or "")[:40], r.info.status,
+             *(r.data.params.get(p, "") for p in RUN_PARAMS),
+             *(f"{r.data.metrics[m]:.4g}" if m in r.data.metrics else "" for m in RUN_SCORES)] for r in runs]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    for row in (head, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def sample_grid(a) -> None:
+    """Samples of a generator as one PNG grid; image i depends on (seed, i) only, as in the sample stage."""
+    import torch
+
+    from ganflow.io import save_grid
+    from ganflow.pixels import to_uint8
+    from ganflow.sampling import latents
+
+    if not 1 <= a.n <= 1024:
+        raise GanflowError(f"-n must be between 1 and 1024, got {a.n}")
+    if Path(a.model).suffix == ".pt":
+        from ganflow.generator import load_generator
+        from ganflow.sampling import generate
+
+        G, _ = load_generator(a.model)
+        images = generate(G, a.seed, 0, a.n)
+    else:
+        import mlflow
+
+        _, uri = _tracking(a.params)
+        mlflow.set_tracking_uri(uri)
+        try:
+            info = mlflow.models.get_model_info(a.model)
+            model = mlflow.pytorch.load_model(a.model)
+        except Exception as err:
+            raise GanflowError(f"--model {a.model}: cannot load it from {uri} ({type(err).__name__})") from None
+        meta = info.metadata or {}
+        z_dim, n_classes = int(meta.get("z_dim", 0)), int(meta.get("n_classes", 0))
+        if not z_dim:
+            raise GanflowError(f"--model {a.model}: no z_dim in its metadata (not logged by ganflow?)")
+        z = latents(a.seed, 0, a.n, z_dim)
+        if n_classes:  # image i draws class i % n_classes
+            z = torch.cat([z, (torch.arange(a.n) % n_classes).float()[:, None]], 1)
+        with torch.no_grad():
+            images = to_uint8(model(z))
+    save_grid(images, a.out, nrow=min(10, a.n) if a.n >= 10 else a.n)
+    print(f"wrote {a.n} samples of {a.model} to {a.out}")
+
+
+def evaluate_folder(a) -> None:
     import logging
 
     from ganflow import data, metrics
@@ -73,7 +163,7 @@ def evaluate_folder(a: argparse.Namespace) -> None:
         print(json.dumps(report.results, indent=2, sort_keys=True))
 
 
-def compare(a: argparse.Namespace) -> None:
+def compare(a) -> None:
     from ganflow.evaluation import comparable
 
     results = []
@@ -95,10 +185,10 @@ def compare(a: argparse.Namespace) -> None:
             print(f"{k:<36} {ra[k]:>12.5g} {rb[k]:>12.5g} {rb[k] - ra[k]:>+12.4g}")
 
 
-def print_deps(scripts: list[str]) -> None:
+def print_deps(a) -> None:
     from ganflow.deps import closure
 
-    for script in scripts:
+    for script in a.scripts:
         print(f"{script}:")
         for path in closure(script):
             try:

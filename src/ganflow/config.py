@@ -20,6 +20,8 @@ from ganflow import GanflowError
 
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]
+# sizes whose absurd values would ask for absurd memory or disk before anything else could say no
+BatchSize = Annotated[int, Field(gt=0, le=65_536)]
 
 
 class ConfigError(GanflowError):
@@ -27,8 +29,9 @@ class ConfigError(GanflowError):
 
 
 class _Section(BaseModel):
-    # strict: "0.1" is not a float, 1 is not a bool; extra keys are errors (typos never pass silently)
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # strict: "0.1" is not a float, 1 is not a bool; extra keys are errors (typos never pass silently);
+    # floats are finite (.inf / .nan are YAML floats, never meaningful here)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def _registry(registry_module: str, registry_name: str):
@@ -70,10 +73,10 @@ class EvaluatorConfig(_Section):
     """the classifier whose feature space scores the samples"""
 
     epochs: PosInt = Field(6, description="passes over the training split")
-    batch_size: PosInt = Field(128, description="images per optimisation step")
+    batch_size: BatchSize = Field(128, description="images per optimisation step")
     lr: PosFloat = Field(0.002, description="Adam learning rate (peak of a one-cycle schedule)")
     holdout: Annotated[float, Field(gt=0, lt=1)] = Field(0.1, description="fraction held out to measure its accuracy (metrics/evaluator.json)")
-    width: PosInt = Field(32, description="channels of its first conv layer")
+    width: Annotated[int, Field(gt=0, le=1024)] = Field(32, description="channels of its first conv layer")
 
 
 class TrainConfig(_Section):
@@ -82,14 +85,14 @@ class TrainConfig(_Section):
     arch: str = Field("dcgan", description="seed (the original dense G + conv D) | dcgan | sngan (ResNet)")
     loss: str = Field("hinge", description="non-saturating | hinge | wgan-gp")
     steps: PosInt = Field(4000, description="optimisation steps of D and G")
-    batch_size: PosInt = Field(64, description="real images per step of D and G, per process")
+    batch_size: BatchSize = Field(64, description="real images per step of D and G, per process")
     lr_g: PosFloat = Field(0.0004, description="Adam learning rate of G")
     lr_d: PosFloat = Field(0.0004, description="Adam learning rate of D")
     betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = Field(
         [0.0, 0.9], description="Adam betas of both optimisers"
     )
-    z_dim: PosInt = Field(64, description="latent size")
-    width: PosInt = Field(32, description="base channel width of G and D (arch seed uses its fixed 128-unit layers)")
+    z_dim: Annotated[int, Field(gt=0, le=4096)] = Field(64, description="latent size")
+    width: Annotated[int, Field(gt=0, le=1024)] = Field(32, description="base channel width of G and D (arch seed uses its fixed 128-unit layers)")
     d_norm: Literal["spectral", "batch", "none"] = Field(
         "spectral", description="D's normalisation: spectral | batch (classic DCGAN) | none (for wgan-gp); sngan: always spectral"
     )
@@ -107,13 +110,14 @@ class TrainConfig(_Section):
     cuda_graph: Literal["auto", "on", "off"] = Field(
         "auto", description="whole D+G step as one CUDA graph: auto (single CUDA process, when capture works) | on | off"
     )
+    resume: bool = Field(True, description="false: train from scratch, keeping any checkpoint as models/checkpoint.prev.pt")
     log_every: PosInt = Field(20, description="steps between loss logs (metrics/train_log.tsv, MLflow)")
     sample_every: PosInt = Field(200, description="steps between fixed-noise grids (MLflow; the last is metrics/train_grid.png)")
     checkpoint_every: PosInt = Field(100, description="steps between checkpoints (models/checkpoint.pt, atomic)")
     eval_every: Annotated[int, Field(ge=0)] = Field(
         500, description="steps between classifier-FID checks (metrics/fid_curve.tsv) that pick the best G (0: off)"
     )
-    eval_samples: PosInt = Field(1000, description="samples per check")
+    eval_samples: Annotated[int, Field(gt=0, le=50_000)] = Field(1000, description="samples per check")
 
     _arch = field_validator("arch")(_registered("ganflow.nets", "ARCHS"))
     _loss = field_validator("loss")(_registered("ganflow.losses", "LOSSES"))
@@ -140,14 +144,14 @@ class TrainConfig(_Section):
 class SampleConfig(_Section):
     """sample stage: the images written to samples/ from the trained generator"""
 
-    n: Annotated[int, Field(ge=6)] = Field(5000, description="images written to samples/ (at least 6: the k-NN scores use k = 5)")
+    n: Annotated[int, Field(ge=6, le=10_000_000)] = Field(5000, description="images written to samples/ (at least 6: the k-NN scores use k = 5)")
     seed: Annotated[int, Field(ge=0)] = Field(1, description="image i depends on (seed, i) only")
-    batch_size: PosInt = Field(512, description="images generated at a time (rounded to a multiple of 64)")
+    batch_size: BatchSize = Field(512, description="images generated at a time (rounded to a multiple of 64)")
     classes: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="conditional G: classes to draw, image i gets classes[i % len] (null: all)"
     )
     checkpoint: Literal["last", "best"] = Field("last", description="last | best (lowest FID during training, models/generator_best.pt)")
-    workers: PosInt = Field(2, description="threads that encode PNGs")
+    workers: Annotated[int, Field(gt=0, le=64)] = Field(2, description="threads that encode PNGs")
 
 
 class EvaluateConfig(_Section):
@@ -159,7 +163,7 @@ class EvaluateConfig(_Section):
     inception_weights: str | None = Field(
         None, description="local path to torch-fidelity's weights-inception-2015-12-05-6726825d.pth"
     )
-    batch_size: PosInt = Field(250, description="torch-fidelity batch size")
+    batch_size: BatchSize = Field(250, description="torch-fidelity batch size")
     kid_subset_size: PosInt = Field(1000, description="KID subset size, clamped to the number of samples")
     feature_extractor_internal_dtype: Literal["float32", "float64"] | None = Field(
         None, description="Inception's internal dtype: float32 (null) | float64"
@@ -260,27 +264,73 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans, as DVC reads params.yaml: only true/false are booleans; on/off/yes/no stay
-    strings (PyYAML's 1.1 rules would turn `inception: off` into False once DVC rewrites the file)."""
+    """params.yaml read as DVC reads it (YAML 1.2, ruamel): only true/false are booleans (on/off/yes/no
+    stay strings: PyYAML's 1.1 rules would turn `inception: off` into False), `1e-4` is a float, and
+    a key given twice in one mapping is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+# YAML 1.2 core floats: a dot or an exponent (1e-4, 2E5, .5, 1.), and .inf/.nan (refused later as not finite)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+_Yaml12Loader.yaml_implicit_resolvers = {  # integers before floats, so `10` stays an int
+    first: sorted(resolvers, key=lambda r: r[0] == "tag:yaml.org,2002:float")
+    for first, resolvers in _Yaml12Loader.yaml_implicit_resolvers.items()
+}
+
+
+def _missing_keys(raw: dict, model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
+    """Keys of the model that the file does not set (DVC refuses a params.yaml without them)."""
+    missing = []
+    for name, field in model.model_fields.items():
+        if name not in raw:
+            missing.append(prefix + name)
+        elif (sub := _section_model(field)) is not None and isinstance(raw[name], dict):
+            missing += _missing_keys(raw[name], sub, f"{prefix}{name}.")
+    return missing
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and check a params file: valid YAML 1.2, every key present once, every value valid."""
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(), Loader=_Yaml12Loader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: unreadable ({err})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty; it must hold the sections {', '.join(Params.model_fields)}")
+    if isinstance(raw, dict):
+        missing = _missing_keys(raw)
+        if missing:
+            more = f" [and {len(missing) - 1} more]" if len(missing) > 1 else ""
+            raise ConfigError(f"{path}: missing key {missing[0]}{more} (params.yaml lists every key; see `ganflow check`)")
     return parse_params(raw, str(path))
 
 

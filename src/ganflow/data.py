@@ -33,8 +33,8 @@ class ImageSet:
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise ValueError(f"images must be uint8 N×C×H×W, got {self.images.dtype} {self.images.shape}")
-        if self.labels is not None and len(self.labels) != len(self.images):
-            raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
+        if self.labels is not None and (self.labels.ndim != 1 or len(self.labels) != len(self.images)):
+            raise ValueError(f"labels of shape {self.labels.shape} for {len(self.images)} images")
 
     def subset(self, index: np.ndarray) -> ImageSet:
         return ImageSet(self.images[index], None if self.labels is None else self.labels[index], self.classes)
@@ -59,6 +59,7 @@ class ImageArray(Dataset):
 
 
 SOURCES: Registry = Registry("data source")
+MIN_PER_CLASS = 2  # a folder source's smallest class: the classifier needs one to train on and one to hold out
 
 
 def conform(images: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
@@ -110,7 +111,10 @@ _torchvision_source("cifar10", "CIFAR10", "", "cifar-10-python.tar.gz")
 
 @SOURCES.register("folder")
 def _folder(cfg: PrepareConfig, raw_dir: Path) -> ImageSet:
-    """Every file under prepare.folder must be an image; class sub-folders become labels."""
+    """Every file under prepare.folder must be an image, in one sub-folder per class (the labels the
+    classifier feature space needs), at least MIN_PER_CLASS per class."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     root = Path(cfg.folder)
@@ -125,14 +129,22 @@ def _folder(cfg: PrepareConfig, raw_dir: Path) -> ImageSet:
         raise GanflowError(
             f"prepare.folder {root}: mixes class sub-folders with {len(loose)} loose file(s) such as {loose[0].name}"
         )
+    if not subdirs:
+        raise GanflowError(
+            f"prepare.folder {root}: no class sub-folders; put the images in one sub-folder per class "
+            "(the classifier feature space that scores samples needs labels)"
+        )
     mode = "L" if cfg.channels == 1 else "RGB"
     images, bad = [], []
     for p in files:
         try:
-            with Image.open(p) as im:
-                im = im.convert(mode)  # mixed modes (P, RGBA, LA, I;16 ...) are converted, not refused
-                t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+            # an image of more than PIL's pixel limit (a decompression bomb) is refused, never decoded
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    im = im.convert(mode)  # mixed modes (P, RGBA, LA, I;16 ...) are converted, not refused
+                    t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             bad.append(f"{p.relative_to(root)} ({type(err).__name__})")
             continue
         t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
@@ -140,7 +152,10 @@ def _folder(cfg: PrepareConfig, raw_dir: Path) -> ImageSet:
     if bad:
         shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise GanflowError(f"prepare.folder {root}: {len(bad)} unreadable file(s): {shown}")
-    labels = np.asarray([subdirs.index(p.relative_to(root).parts[0]) for p in files], np.int64) if subdirs else None
+    labels = np.asarray([subdirs.index(p.relative_to(root).parts[0]) for p in files], np.int64)
+    small = [f"{d} ({n})" for d, n in zip(subdirs, np.bincount(labels, minlength=len(subdirs))) if n < MIN_PER_CLASS]
+    if small:
+        raise GanflowError(f"prepare.folder {root}: every class needs at least {MIN_PER_CLASS} images; too few in {', '.join(small[:5])}")
     return ImageSet(torch.stack(images).numpy(), labels, subdirs)
 
 
@@ -185,7 +200,7 @@ def load_prepared(folder: str | Path) -> tuple[ImageSet, dict]:
         images = np.load(folder / "images.npy", allow_pickle=False)
         labels = np.load(folder / "labels.npy", allow_pickle=False) if meta["labelled"] else None
         ds = ImageSet(images, labels, meta["classes"])
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise GanflowError(f"{folder}: not a prepared data set ({err}); run the prepare stage") from None
     if content_hash(ds) != meta.get("sha256"):
         files = "images.npy" + (" / labels.npy" if labels is not None else "")

@@ -11,9 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from ganflow import GanflowError, checkpoint
+from ganflow import GanflowError, checkpoint, progress
 from ganflow.data import ImageArray
 from ganflow.pixels import to_float
 
@@ -83,7 +82,7 @@ def train(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: Evaluator
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps = cfg.epochs * -(-len(tr) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    with tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0) as bar:
+    with progress.bar(steps, desc, "step") as bar:
         for _ in range(cfg.epochs):
             batch_order = tr[torch.randperm(len(tr), generator=gen)]
             for i in range(0, len(batch_order), cfg.batch_size):

@@ -9,15 +9,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from ganflow import checkpoint
-from ganflow.nets import NetConfig, build
+from ganflow import GanflowError, checkpoint
+from ganflow.nets import NetConfig, build, parameter_count
+
+
+MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights: far above any generator ganflow trains
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """-> (generator in eval mode, the file's dict)."""
-    obj = checkpoint.load(path, checkpoint.GENERATOR_FORMAT, map_location=device)
-    G, _ = build(obj["arch"], NetConfig(**obj["net"]))
-    G.load_state_dict(obj["state_dict"])
+    """-> (generator in eval mode, the file's dict). A file whose net config is invalid, names an
+    unknown architecture, asks for an absurd size (checked before anything is allocated) or whose
+    weights do not fit that net is one GanflowError naming the file."""
+    obj = checkpoint.load(path, checkpoint.GENERATOR_FORMAT, map_location="cpu")
+    try:
+        arch, net = obj["arch"], NetConfig(**obj["net"])
+        size = parameter_count(arch, net)
+        if size > MAX_PARAMETERS:
+            raise ValueError(f"its net ({arch}, width {net.width}) would have {size:,} parameters, over {MAX_PARAMETERS:,}")
+        G, _ = build(arch, net)
+        G.load_state_dict(obj["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GanflowError(f"{path}: not a usable generator ({why.strip(chr(34))})") from None
     return G.to(device).eval(), obj
 
 

@@ -1,6 +1,9 @@
 """Atomic file writes (temp file + os.replace) and image grids.
 
-A killed process leaves either the old file or the new one, never half of one.
+A killed process leaves either the old file or the new one, never half of one; its temp files
+(`.<name>.<random>.tmp`, beside the target, ignored by git) are removed by the next write of that
+target. Files get the permissions any other tool would give them (0666 / 0777 less the umask), and a
+failed write (disk full, file too large, read-only) is one GanflowError naming the file.
 """
 
 from __future__ import annotations
@@ -21,24 +24,44 @@ from torchvision.utils import make_grid
 from ganflow import GanflowError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale(path: Path) -> None:
+    """Temp files and folders a killed writer of `path` left beside it."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+@contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """An OSError while writing `path` (ENOSPC, EFBIG, EROFS, EACCES ...) -> one line naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise GanflowError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
-    try:
+    with _write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
-            stale.unlink(missing_ok=True)
+        _remove_stale(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise GanflowError(f"{path}: cannot write ({err.strerror})") from None
-    os.close(fd)
+        os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _write_errors(path):
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -62,19 +85,20 @@ def torch_save(obj: Any, path: str | Path) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it takes the place of `path`."""
     path = Path(path)
-    try:
+    with _write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    except OSError as err:
-        raise GanflowError(f"{path}: cannot write ({err.strerror})") from None
     try:
-        yield tmp
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        with _write_errors(path):
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+            old = path.with_name(f".{path.name}.old.tmp")
+            shutil.rmtree(old, ignore_errors=True)
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

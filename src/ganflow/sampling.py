@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
+import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ganflow import GanflowError
-from ganflow.io import atomic_dir, to_pil
+from ganflow import GanflowError, progress
+from ganflow.io import atomic_dir, atomic_path, png_bytes, to_pil
+from ganflow.io import grid as make_grid
 from ganflow.pixels import to_uint8
 
 BLOCK = 64
@@ -77,6 +79,15 @@ def batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + step)
 
 
+def check_disk(G: torch.nn.Module, out_dir: Path, n: int) -> None:
+    """Refuse before writing anything when n PNGs would not fit (an upper estimate: raw pixels + PNG overhead)."""
+    need = n * (G.cfg.channels * G.cfg.resolution**2 + 100)
+    parent = next(p for p in (out_dir.resolve(), *out_dir.resolve().parents) if p.exists())
+    free = shutil.disk_usage(parent).free
+    if need > free:
+        raise GanflowError(f"sample.n {n:,}: up to {need / 1e9:.2f} GB of PNGs, but only {free / 1e9:.2f} GB free at {parent}")
+
+
 def write_samples(
     G: torch.nn.Module,
     out_dir: str | Path,
@@ -86,10 +97,11 @@ def write_samples(
     device="cpu",
     classes: list[int] | None = None,
     workers: int = 2,
+    grid: str | Path | None = None,
 ) -> float:
-    """Write n PNGs (000000.png …) into out_dir atomically, streaming: one batch in memory at a time,
-    PNG encoding spread over `workers` threads (PIL's encoder releases the GIL).
-    Return seconds per 1,000 images."""
+    """Write n PNGs (000000.png …) into out_dir, and with `grid` a PNG of `class_grid` there, streaming:
+    one batch in memory at a time, PNG encoding spread over `workers` threads (PIL's encoder releases
+    the GIL). The folder and the grid change together or not at all. Return seconds per 1,000 images."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 
@@ -97,13 +109,17 @@ def write_samples(
         i, img = item
         to_pil(img).save(tmp / f"{i:06d}.png", compress_level=1)
 
+    check_disk(G, Path(out_dir), n)
     t0 = time.perf_counter()
-    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=n, desc="sample", unit="img", dynamic_ncols=True, mininterval=1.0) as bar:
+    with atomic_dir(out_dir) as tmp, (atomic_path(grid) if grid else nullcontext()) as tmp_grid, \
+            ThreadPoolExecutor(max_workers=workers) as pool, \
+            progress.bar(n, "sample", "img") as bar:
         for start, stop in batches(n, batch_size):
             images = generate(G, seed, start, stop, device, classes)
             list(pool.map(save, zip(range(start, stop), images)))  # wait: bounds memory to one batch
             bar.update(stop - start)
+        if grid:
+            tmp_grid.write_bytes(png_bytes(make_grid(class_grid(G, seed, device, classes), nrow=10)))
     return (time.perf_counter() - t0) / n * 1000
 
 

@@ -16,8 +16,10 @@ def stage(main: Callable[[list[str]], None]) -> Callable[[], None]:
     @functools.wraps(main)
     def wrapper() -> None:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-        for noisy in ("alembic", "mlflow", "urllib3", "git"):
+        for noisy in ("alembic", "git"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        for noisy in ("mlflow", "urllib3"):  # their retries of a failing store: ganflow says it once
+            logging.getLogger(noisy).setLevel(logging.ERROR)
         try:
             main(sys.argv[1:])
         except GanflowError as err:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,9 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ganflow import GanflowError, accel, augment, checkpoint, deps, losses
+from ganflow import GanflowError, accel, augment, checkpoint, deps, losses, progress
 from ganflow.data import ImageSet
 from ganflow.distributed import SINGLE, Dist, all_mean, gather
 from ganflow.generator import serving_model
@@ -33,7 +33,7 @@ log = logging.getLogger("ganflow.train")
 LOG_COLUMNS = ("step", "loss_D", "loss_G", "D_x", "D_G_z")  # what train_step returns, after the step
 # keys that may change between a checkpoint and a resume without changing what is trained
 NOT_FINGERPRINTED = {
-    "steps", "log_every", "sample_every", "checkpoint_every", "device", "eval_every", "eval_samples",
+    "steps", "resume", "log_every", "sample_every", "checkpoint_every", "device", "eval_every", "eval_samples",
     "channels_last", "compile", "cuda_graph",  # speed levers compute the same step
     "devices",  # the resolved world size is fingerprinted instead
 }
@@ -72,6 +72,9 @@ class Hooks:
     on_grid: Callable[[np.ndarray, int], None] = lambda grid_hwc, step: None
 
 
+Report = Callable[["Hooks"], None]  # a deferred call to the hooks
+
+
 @dataclass
 class State:
     step: int = 0
@@ -95,6 +98,8 @@ class Trainer:
         self.levers = accel.levers(cfg, dist)
         self.device = self.levers.device
         _, c, h, _ = data.images.shape
+        if cfg.batch_size > len(data.images):
+            raise GanflowError(f"train.batch_size {cfg.batch_size} is larger than the prepared data ({len(data.images)} images)")
         if cfg.conditional and data.labels is None:
             raise GanflowError("train.conditional is true, but the prepared data has no labels (use class sub-folders)")
         n_classes = len(data.classes) if cfg.conditional else 0
@@ -176,18 +181,27 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def try_resume(self, path: Path) -> str:
-        """Resume from `path` when its fingerprint matches; return what was decided, for the log."""
+        """Resume from `path` when its fingerprint matches; return what was decided, for the log.
+        A checkpoint that cannot be resumed is kept as <name>.prev.pt (one, the latest), never lost."""
         if not path.exists():
             return "no checkpoint: starting fresh"
         ckpt = checkpoint.load(path, checkpoint.FORMAT, map_location=self.device)
         changed = fingerprint_changes(ckpt["fingerprint"], self.fingerprint)
-        if changed:
-            return f"checkpoint {path} was made with other settings ({', '.join(changed)} changed): starting fresh"
-        if ckpt["step"] > self.cfg.steps:
-            return f"checkpoint {path} is at step {ckpt['step']}, beyond train.steps={self.cfg.steps}: starting fresh"
-        self.load_state_dict(ckpt)
-        self.resumed = {"step": ckpt["step"], **ckpt.get("extra", {})}
-        return f"resuming from {path} at step {ckpt['step']}"
+        if not self.cfg.resume:
+            why = "is not resumed (train.resume is false)"
+        elif changed:
+            why = f"was made with other settings ({', '.join(changed)} changed)"
+        elif ckpt["step"] > self.cfg.steps:
+            why = f"is at step {ckpt['step']}, beyond train.steps={self.cfg.steps}"
+        else:
+            self.load_state_dict(ckpt)
+            self.resumed = {"step": ckpt["step"], **ckpt.get("extra", {})}
+            return f"resuming from {path} at step {ckpt['step']}"
+        prev = path.with_name(f"{path.stem}.prev{path.suffix}")
+        if self.dist.main:
+            os.replace(path, prev)
+        log.warning("checkpoint %s %s: starting fresh; the old one is kept as %s", path, why, prev)
+        return f"checkpoint {path} {why}: starting fresh (kept as {prev})"
 
     def save_checkpoint(self, outputs: TrainOutputs) -> None:
         self.check_finite_weights()
@@ -276,8 +290,11 @@ class Trainer:
             x = G(self.fixed_z, self.fixed_y).float()
         return to_uint8(x).cpu()
 
-    def log_interval(self, meter: LossMeter, outputs: TrainOutputs, hooks: Hooks, speed: float) -> list[float]:
-        """Close a log interval: the means over it (and over ranks), checked finite, written and reported."""
+    # Each periodic job writes its files at once and returns what it has to report (to MLflow, via
+    # Hooks); the loop reports only after that step's checkpoint, so a slow or dead tracking store
+    # can never cost a checkpoint.
+    def log_interval(self, meter: LossMeter, outputs: TrainOutputs, speed: float) -> tuple[list[float], Report]:
+        """Close a log interval: the means over it (and over ranks), checked finite, written."""
         st = self.state
         first = st.step - meter.n + 1
         row = meter.mean(self.dist)
@@ -287,14 +304,14 @@ class Trainer:
         st.log_rows.append([st.step, *row])
         if self.dist.main:
             outputs.log(st.log_rows, LOG_COLUMNS)
-            hooks.on_metrics({**dict(zip(LOG_COLUMNS[1:], row)), "img_per_s": speed}, st.step)
-        return row
+        metrics = {**dict(zip(LOG_COLUMNS[1:], row)), "img_per_s": speed}
+        return row, lambda hooks, step=st.step: hooks.on_metrics(metrics, step)
 
-    def snapshot_grid(self, outputs: TrainOutputs, hooks: Hooks) -> None:
-        g = outputs.grid(self.grid())
-        hooks.on_grid(g.permute(1, 2, 0).numpy(), self.state.step)
+    def snapshot_grid(self, outputs: TrainOutputs) -> Report:
+        g = outputs.grid(self.grid()).permute(1, 2, 0).numpy()
+        return lambda hooks, step=self.state.step: hooks.on_grid(g, step)
 
-    def select(self, selection: Selection, outputs: TrainOutputs, hooks: Hooks) -> None:
+    def select(self, selection: Selection, outputs: TrainOutputs) -> Report:
         """Score the evaluated G; keep it as the best when its score is the lowest so far."""
         t0 = time.perf_counter()
         # the scorer may draw from torch's RNG (a DataLoader does): fork it, so checks never change training
@@ -307,7 +324,7 @@ class Trainer:
             st.best = {"step": st.step, "value": value, "state_dict": {k: v.cpu().clone() for k, v in G.state_dict().items()}}
         st.eval_seconds += time.perf_counter() - t0
         outputs.scores(st.score_rows, selection.name)
-        hooks.on_metrics({f"{selection.name}_during_training": value}, st.step)
+        return lambda hooks, step=st.step: hooks.on_metrics({f"{selection.name}_during_training": value}, step)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, outputs: TrainOutputs, hooks: Hooks = Hooks(), max_seconds: float | None = None,
@@ -323,23 +340,31 @@ class Trainer:
         step = self.levers.stepper(self.train_step, (self.opt_d, self.opt_g))
         meter, clock = LossMeter(self.device), Clock(st.step, st.eval_seconds)
         per_step = cfg.batch_size * self.loss.n_critic * self.dist.world_size  # images D sees per step
-        with tqdm(total=cfg.steps, initial=st.step, desc="train", unit="step", dynamic_ncols=True,
-                  mininterval=1.0, disable=not main) as bar:
+        if main and st.step == 0:  # the untrained G's grid: a reviewer's step slider starts at step 0
+            self.snapshot_grid(outputs)(hooks)
+        with progress.bar(cfg.steps, "train", "step", initial=st.step, disable=not main) as bar:
             while st.step < cfg.steps:
                 meter.add(step())
                 st.step += 1
                 bar.update(1)
                 last = st.step == cfg.steps or (max_seconds is not None and clock.seconds() > max_seconds)
+                reports: list[Report] = []
                 if due(st.step, cfg.log_every, last):
                     speed = clock.rate(st.step, per_step)
-                    loss_d, loss_g, *_ = self.log_interval(meter, outputs, hooks, speed)
-                    bar.set_postfix(loss_D=f"{loss_d:.3f}", loss_G=f"{loss_g:.3f}", img_s=f"{speed:.0f}")
+                    (loss_d, loss_g, *_), report = self.log_interval(meter, outputs, speed)
+                    reports.append(report)
+                    if main:
+                        progress.report(bar, log, "train", st.step, cfg.steps, loss_D=f"{loss_d:.3f}", loss_G=f"{loss_g:.3f}",
+                                        img_s=f"{speed:.0f}")
                 if main and due(st.step, cfg.sample_every, last):
-                    self.snapshot_grid(outputs, hooks)
+                    reports.append(self.snapshot_grid(outputs))
                 if main and selection and due(st.step, cfg.eval_every, last):
-                    self.select(selection, outputs, hooks)
+                    reports.append(self.select(selection, outputs))
                 if due(st.step, cfg.checkpoint_every, last):
                     self.save_checkpoint(outputs)
+                if main:
+                    for report in reports:
+                        report(hooks)
                 if last:
                     break
         self.check_finite_weights()

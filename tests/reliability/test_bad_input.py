@@ -109,8 +109,8 @@ def test_mixed_image_modes_are_converted(ws, tmp_path):
     from PIL import Image
 
     for i, mode in enumerate(["L", "RGB", "RGBA", "P", "I;16"]):
-        (tmp_path / "imgs").mkdir(exist_ok=True)
-        Image.new(mode, (30 + i, 40), color=10 * i).save(tmp_path / "imgs" / f"{i}.png")
+        (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new(mode, (30 + i, 40), color=10 * i).save(tmp_path / "imgs" / f"c{i % 2}" / f"{i}.png")
     p = with_params(ws, tmp_path, prepare={"source": "folder", "folder": str(tmp_path / "imgs"), "channels": 3})
     r = run_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -243,3 +243,60 @@ def test_too_few_samples(ws, tmp_path, mnist):
     r = run_evaluate(ws, tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "only 100 samples: FID is biased below 2048" in r.stderr
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda im, lb: (im[:, 0], lb), "images must be uint8 N×C×H×W, got uint8 (1000, 28, 28)"),
+    (lambda im, lb: (im.astype("float32"), lb), "images must be uint8 N×C×H×W, got float32"),
+    (lambda im, lb: (im, lb[:10]), "labels of shape (10,) for 1000 images"),
+])
+def test_damaged_prepared_data_is_one_line(ws, tmp_path, damage, message):
+    import shutil
+
+    import numpy as np
+
+    prepared = tmp_path / "prepared"
+    shutil.copytree(ws / "prepared", prepared)
+    images, labels = damage(np.load(prepared / "images.npy"), np.load(prepared / "labels.npy"))
+    np.save(prepared / "images.npy", images)
+    np.save(prepared / "labels.npy", labels)
+    r = run_stage("fit_evaluator", "--params", str(ws / "params.yaml"), str(prepared), str(tmp_path / "e.pt"), str(tmp_path / "e.json"))
+    fails_with(r, f"{prepared}: not a prepared data set ({message}")
+
+
+def test_folder_sources_that_cannot_be_scored_stop_at_prepare(ws, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "one" / "c0").mkdir(parents=True)
+    Image.new("L", (28, 28)).save(tmp_path / "one" / "c0" / "a.png")
+    (tmp_path / "flat").mkdir()
+    for i in range(4):
+        Image.new("L", (28, 28), color=i).save(tmp_path / "flat" / f"{i}.png")
+    (tmp_path / "bomb" / "c0").mkdir(parents=True)
+    for i in range(3):
+        Image.new("L", (28, 28), color=i).save(tmp_path / "bomb" / "c0" / f"{i}.png")
+    Image.new("L", (14000, 14000)).save(tmp_path / "bomb" / "c0" / "huge.png")  # 196 Mpx, a few kB of PNG
+    cases = {
+        "one": "every class needs at least 2 images; too few in c0 (1)",
+        "flat": "no class sub-folders; put the images in one sub-folder per class",
+        "bomb": "1 unreadable file(s): c0/huge.png (DecompressionBombError)",
+    }
+    for name, message in cases.items():
+        p = with_params(ws, tmp_path, prepare={"source": "folder", "folder": str(tmp_path / name)})
+        r = run_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
+        fails_with(r, f"prepare.folder {tmp_path / name}: {message}")
+    assert not (tmp_path / "prepared").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda g: g["net"].update(width=200_000), "not a usable generator (its net (dcgan, width 200000) would have 1,280,318,000,001 parameters"),
+    (lambda g: g.update(arch="stylegan9"), "not a usable generator (unknown architecture 'stylegan9'"),
+    (lambda g: g["net"].update(z_dim=-4), "not a usable generator (net z_dim must be a positive integer, got -4)"),
+    (lambda g: g["state_dict"].pop(next(iter(g["state_dict"]))), "not a usable generator (Error(s) in loading state_dict"),
+])
+def test_crafted_generator_files_are_refused_before_allocating(ws, tmp_path, edit, message):
+    g = _generator_file(ws, tmp_path)
+    obj = torch.load(g, weights_only=True)
+    edit(obj)
+    torch.save(obj, g)
+    r = run_stage("sample", "--params", str(ws / "params.yaml"), str(g), str(g), str(tmp_path / "samples"), str(tmp_path / "sgrid.png"))
+    fails_with(r, f"{g}: {message}")

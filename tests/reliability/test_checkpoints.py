@@ -27,6 +27,10 @@ def test_changed_settings_start_fresh_and_say_which(mnist, tmp_path):
     t = Trainer(params, mnist, "sha-test")
     msg = t.try_resume(tmp_path / "checkpoint.pt")
     assert "train.lr_d changed" in msg and "starting fresh" in msg and t.state.step == 0
+    # the checkpoint that could not be resumed is kept, not overwritten by the fresh run's first one
+    kept = tmp_path / "checkpoint.prev.pt"
+    assert kept.exists() and not (tmp_path / "checkpoint.pt").exists() and str(kept) in msg
+    kept.rename(tmp_path / "checkpoint.pt")
     other_data = Trainer(parse_params({"train": TINY_TRAIN}), mnist, "another-sha")
     assert "data_sha256 changed" in other_data.try_resume(tmp_path / "checkpoint.pt")
 

@@ -29,6 +29,17 @@ class NetConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __post_init__(self):
+        ints = {"resolution": self.resolution, "channels": self.channels, "z_dim": self.z_dim, "width": self.width,
+                "n_classes": self.n_classes}
+        for name, v in ints.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "n_classes" else 1):
+                raise ValueError(f"net {name} must be a {'non-negative' if name == 'n_classes' else 'positive'} integer, got {v!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"net channels must be 1 or 3, got {self.channels}")
+        up_plan(self.resolution)
+        d_norms(self)
+
 
 # every module of this package registers its architecture here when the registry is first used
 ARCHS: Registry[Callable[[NetConfig], tuple[nn.Module, nn.Module]]] = Registry("architecture", discover=__name__)
@@ -36,6 +47,13 @@ ARCHS: Registry[Callable[[NetConfig], tuple[nn.Module, nn.Module]]] = Registry("
 
 def build(arch: str, cfg: NetConfig) -> tuple[nn.Module, nn.Module]:
     return ARCHS.get(arch)(cfg)
+
+
+def parameter_count(arch: str, cfg: NetConfig) -> int:
+    """G's parameter count, found without allocating any memory (built on the meta device)."""
+    with torch.device("meta"):
+        G, _ = build(arch, cfg)
+    return sum(p.numel() for p in G.parameters())
 
 
 def d_norms(cfg: NetConfig) -> tuple[bool, bool]:

@@ -83,3 +83,22 @@ if audit:
                 f.write(f"{event} {args!r}\n")
 
     sys.addaudithook(record)
+
+# GANFLOW_TEST_SIGKILL_GROUP_AT=<pgid>:<step>: SIGKILL that process group (a tracking server, say)
+# right after that training step
+kill_at = os.environ.get("GANFLOW_TEST_SIGKILL_GROUP_AT")
+if kill_at:
+    import signal
+
+    import ganflow.training as training
+
+    pgid, at_step = (int(v) for v in kill_at.split(":"))
+    step_before_kill = training.Trainer.train_step
+
+    def train_step_then_kill(self):
+        out = step_before_kill(self)
+        if self.state.step + 1 == at_step:
+            os.killpg(pgid, signal.SIGKILL)
+        return out
+
+    training.Trainer.train_step = train_step_then_kill

@@ -1,0 +1,87 @@
+"""Nothing lost, nothing left behind: write failures are one line and change nothing, outputs of a
+stage change together, temp files are cleaned and ignored, permissions follow the umask."""
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, stage_workspace
+from ganflow import GanflowError, io
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_target_is_kept(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    for code in (errno.ENOSPC, errno.EFBIG):
+        with pytest.raises(GanflowError, match=f"{target}: cannot write \\({os.strerror(code)}\\)"):
+            with io.atomic_path(target) as tmp:
+                tmp.write_text("half")
+                raise OSError(code, os.strerror(code))
+        assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_outputs_respect_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        io.write_bytes(tmp_path / "f.bin", b"x")
+        with io.atomic_dir(tmp_path / "d") as d:
+            (d / "a").write_text("a")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "f.bin").stat().st_mode & 0o777) == oct(0o640)
+    assert oct((tmp_path / "d").stat().st_mode & 0o777) == oct(0o750)
+
+
+def test_stale_temp_folders_of_a_killed_writer_are_removed_and_ignored_by_git(tmp_path):
+    stale = tmp_path / ".samples.k1ll3d.tmp"
+    stale.mkdir()
+    (stale / "000001.png").write_bytes(b"half a run")
+    with io.atomic_dir(tmp_path / "samples") as d:
+        (d / "000000.png").write_bytes(b"png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples"]
+    for temp in (".samples.k1ll3d.tmp", "models/.generator.pt.abc.tmp"):
+        assert subprocess.run(["git", "check-ignore", "-q", temp], cwd=ROOT).returncode == 0, temp
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, mnist):
+    return stage_workspace(tmp_path_factory.mktemp("ws"), mnist, {"tracking": {"enabled": False}})
+
+
+def test_samples_and_grid_change_together_or_not_at_all(ws, tmp_path):
+    from ganflow.nets import NetConfig, build
+
+    G, _ = build("dcgan", NetConfig(28, 1, 16, 8))
+    g = tmp_path / "g.pt"
+    import torch
+
+    torch.save({"format": "ganflow-generator-v1", "arch": "dcgan", "net": NetConfig(28, 1, 16, 8).to_dict(),
+                "state_dict": G.state_dict(), "step": 1}, g)
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "000000.png").write_bytes(b"earlier sample")
+    (tmp_path / "grid.png").write_bytes(b"earlier grid")
+    script = ROOT / "stages" / "sample.py"
+    # 10 kB per file: each 28×28 sample fits, the 302×302 grid does not (EFBIG)
+    cmd = f"ulimit -f 20; exec {sys.executable} {script} --params {ws / 'params.yaml'} {g} {g} {tmp_path / 'samples'} {tmp_path / 'grid.png'}"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert r.returncode == 1 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = errors
+    assert lines[0].startswith(f"error: {tmp_path / 'grid.png'}: cannot write (File too large)"), lines[0]
+    assert (tmp_path / "grid.png").read_bytes() == b"earlier grid"
+    assert [p.name for p in (tmp_path / "samples").iterdir()] == ["000000.png"]
+    assert (tmp_path / "samples" / "000000.png").read_bytes() == b"earlier sample"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.pt", "grid.png", "samples"]  # no temp left
+
+
+def test_train_outputs_persist_so_a_failed_rerun_keeps_the_workspace():
+    # DVC deletes a stage's non-persistent outputs before running it; train writes all of its outputs
+    # atomically at its end, so persisting them keeps the workspace matching dvc.lock when it fails
+    outs = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["outs"]
+    for out in outs:
+        name, opts = next(iter(out.items())) if isinstance(out, dict) else (out, {})
+        assert opts.get("persist") is True, name

@@ -1,0 +1,91 @@
+"""Team-facing pieces that need no DVC run: the champion alias rule, the `ganflow` commands."""
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from conftest import ROOT
+from ganflow import __version__, tracking
+from ganflow.cli import main
+from ganflow.config import TrackingConfig
+
+MODEL = "ganflow-generator"
+
+
+def version_for_run(fid: float, n: int) -> tuple[tracking.Tracker, str]:
+    """A finished run with a registered model version (a stand-in source: the rule reads only tags)."""
+    t = tracking.Tracker(TrackingConfig())
+    t.start(name=f"fid {fid}")
+    client = MlflowClient()
+    try:
+        client.create_registered_model(MODEL)
+    except Exception:
+        pass
+    client.create_model_version(MODEL, source=f"runs:/{t.run_id}/generator", run_id=t.run_id)
+    t.end()
+    return t, t.run_id
+
+
+def test_champion_moves_only_on_a_better_fid_at_equal_n():
+    scores = [(10.0, 1000, "champion"), (12.0, 1000, "candidate"), (8.0, 1000, "champion"), (5.0, 500, "candidate")]
+    runs = []
+    for fid, n, want in scores:
+        t, run_id = version_for_run(fid, n)
+        runs.append(run_id)
+        status = t.promote(run_id, {"fid_classifier": fid, "n_samples": n}, "fid_classifier", "n_samples")
+        assert status == want, (fid, n, status)
+    client = MlflowClient()
+    champ = client.get_model_version_by_alias(MODEL, tracking.CHAMPION)
+    assert champ.run_id == runs[2] and champ.tags["fid_classifier"] == "8.0"
+    first = client.search_model_versions(f"name='{MODEL}' and run_id='{runs[0]}'")[0]
+    assert first.tags[tracking.TAG_STATUS] == "candidate"  # the old champion, demoted
+
+
+def test_version_flag_and_help():
+    r = subprocess.run([sys.executable, "-m", "ganflow.cli", "--version"], capture_output=True, text=True)
+    assert r.stdout.strip() == f"ganflow {__version__}"
+    for cmd in ("check", "runs", "sample", "deps"):
+        r = subprocess.run([sys.executable, "-m", "ganflow.cli", cmd, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: ganflow" in r.stdout, cmd
+
+
+def test_runs_lists_names_params_and_scores(tmp_path, capsys):
+    t = tracking.Tracker(TrackingConfig())
+    t.start(name="lr_g=0.0008")
+    t.log_params({"train.arch": "dcgan", "train.lr_g": 0.0008})
+    t.log_metrics({"fid_classifier": 12.34567, "n_samples": 5000})
+    t.end()
+    main(["runs", "--params", str(ROOT / "params.yaml")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["run", "id", "name"]
+    assert t.run_id[:12] in out[1] and "lr_g=0.0008" in out[1] and "dcgan" in out[1] and "12.35" in out[1]
+
+
+def test_sample_from_a_generator_file_and_from_a_registered_model(tmp_path, mnist):
+    import torch
+    from PIL import Image
+
+    from ganflow.config import parse_params
+    from ganflow.training import Trainer
+    from test_training import paths
+
+    trainer = Trainer(parse_params({"train": {"steps": 1, "batch_size": 16, "width": 8, "z_dim": 16, "device": "cpu"}}), mnist, "x")
+    trainer.run(paths(tmp_path))
+    main(["sample", "--model", str(tmp_path / "generator.pt"), "-n", "20", "--out", str(tmp_path / "a.png")])
+    t = tracking.Tracker(TrackingConfig())
+    t.start()
+    model, example = trainer.export_generator()
+    t.log_model(model, example, metadata={"z_dim": 16, "n_classes": 0})
+    t.end()
+    version = MlflowClient().search_model_versions(f"name='{MODEL}'")[0].version
+    main(["sample", "--model", f"models:/{MODEL}/{version}", "-n", "20", "--out", str(tmp_path / "b.png")])
+    import numpy as np
+
+    a, b = (torch.from_numpy(np.array(Image.open(tmp_path / f))) for f in ("a.png", "b.png"))
+    assert a.shape == b.shape == (2 * 30 + 2, 10 * 30 + 2, 3)  # 2 rows of 10 (make_grid draws RGB)
+    assert (a.float() - b.float()).abs().max() <= 1  # the same images, through the exported graph
+    with pytest.raises(SystemExit):
+        main(["sample", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "c.png")])
