@@ -80,7 +80,8 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
     cas_per_class, cas = None, use_cas(cfg, device)
     if cas:
         recipe = EvaluatorConfig(**info["recipe"])
-        acc, cas_per_class = class_accuracy_score(samples, pred, ds.images[heldout], ds.labels[heldout], n_classes, recipe)
+        acc, cas_per_class = class_accuracy_score(samples, pred, ds.images[heldout], ds.labels[heldout], n_classes,
+                                                  recipe, device)
         results |= {m.KEY_CAS: acc, m.KEY_CAS_REAL: float(info["accuracy"])}
 
     if inception is not None:
@@ -128,14 +129,15 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
 
 
 def class_accuracy_score(samples: Dataset, pred: np.ndarray, images: np.ndarray, labels: np.ndarray,
-                         n_classes: int, recipe: EvaluatorConfig) -> tuple[float, list[float | None]]:
+                         n_classes: int, recipe: EvaluatorConfig, device: torch.device) -> tuple[float, list[float | None]]:
     """CAS (Ravuri & Vinyals 2019): the evaluator's architecture and recipe trained on the samples,
     labelled with the evaluator's predictions, then its accuracy on the held-out real images
     (overall and per class). Compare with the evaluator's own held-out accuracy (cas_real)."""
     x = np.stack([samples[i].numpy() for i in range(len(samples))])
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
-        model = evaluator.train(x, pred.astype(np.int64), n_classes, recipe, torch.Generator().manual_seed(SEED), desc="CAS")
+        model = evaluator.train(x, pred.astype(np.int64), n_classes, recipe, torch.Generator().manual_seed(SEED),
+                                desc="CAS", device=device)
     hit = evaluator.predict(model, images) == labels
     per_class = [float(hit[labels == c].mean()) if (labels == c).any() else None for c in range(n_classes)]
     return float(hit.mean()), per_class

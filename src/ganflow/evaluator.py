@@ -72,13 +72,14 @@ def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorConfig, gen: torch.Generator,
-          order: torch.Tensor | None = None, desc: str = "evaluator") -> Classifier:
-    """The classifier trained with `cfg`'s recipe on images[order] (all images when None), in eval mode.
-    Its weights are drawn from torch's global RNG; batches and shifts from `gen`."""
-    x = torch.from_numpy(images)
-    y = torch.from_numpy(labels)
+          order: torch.Tensor | None = None, desc: str = "evaluator", device: torch.device | str = "cpu") -> Classifier:
+    """The classifier trained with `cfg`'s recipe on images[order] (all images when None), in eval mode,
+    on `device` (the images are held there). Its weights are drawn from torch's global (CPU) RNG;
+    batches and shifts from `gen`."""
+    x = torch.from_numpy(images).to(device)
+    y = torch.from_numpy(labels).to(device)
     tr = torch.arange(len(images)) if order is None else order
-    model = Classifier(images.shape[1], n_classes, cfg.width)
+    model = Classifier(images.shape[1], n_classes, cfg.width).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps = cfg.epochs * -(-len(tr) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
