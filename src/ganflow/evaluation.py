@@ -55,7 +55,8 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
     if ds.labels is None:
         raise GanflowError("the prepared data has no labels: the classifier feature space needs class sub-folders")
     _, info = evaluator.load(evaluator_path)
-    heldout, train = evaluator.reference_split(info, evaluator_path, content_hash(ds), len(ds.images))
+    data_sha256 = content_hash(ds)
+    heldout, train = evaluator.reference_split(info, evaluator_path, data_sha256, len(ds.images))
     n_classes = len(ds.classes)
 
     # one pass of each image set through the classifier; every score below reuses these features
@@ -94,7 +95,7 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
         "classifier_extractor": m.CLASSIFIER_EXTRACTOR,
         "classifier_weights_sha256": m.file_sha256(evaluator_path)[:16],
         "classifier_resize": m.RESIZE["classifier"],
-        "data_sha256": content_hash(ds)[:16],
+        "data_sha256": data_sha256[:16],
         "reference": f"all {len(ds.images)} prepared images",
         "heldout": f"the evaluator's split (seed {info['seed']}, holdout {info['recipe']['holdout']}): "
                    f"{len(train)} train / {len(heldout)} held-out, both scored at N = {results[m.KEY_N_HELDOUT]}",
