@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the GPU-speed issue, as one prepared script: run from the repo root on a machine with
 # a CUDA GPU. Needs python with torch (CUDA), numpy, pillow, pyyaml, tqdm, pydantic, torch-fidelity and
-# pytest (`make setup` gives all of them; a bare GPU machine needs pydantic + torch-fidelity wheels, see
+# pytest and mlxtend (`make setup` gives all of them; a bare GPU machine needs pydantic, torch-fidelity and mlxtend wheels, see
 # README "Performance"). dvc and mlflow are not needed: stages run as dvc.yaml runs them, tracking off.
 # Ships its own data: if data/prepared or models/evaluator.pt are missing, the pipeline makes them first.
 # About 6 minutes on an H100/H200. Logs go to ${OUT:-bench/out/gpu}/.
