@@ -43,16 +43,20 @@ def main(argv: list[str]) -> None:
     _, info = evaluator.load(a.evaluator)
     _, seen = evaluator.reference_split(info, a.evaluator, meta["sha256"], len(ds.images))
     train_set = ds.subset(seen)
-    trainer = Trainer(params, train_set, data.content_hash(train_set), dist, code=deps.code_hash(__file__))
+    train_sha = data.content_hash(train_set)
+    trainer = Trainer(params, train_set, train_sha, dist, code=deps.code_hash(__file__))
     decision = trainer.try_resume(a.checkpoint)
     if dist.main:
         log.info(decision)
     outputs = TrainOutputs(TrainPaths(a.generator, a.checkpoint, a.log_tsv, a.grid, a.generator_best, a.fid_tsv))
+    selection = Selection(metrics.key("fid", "classifier"), metrics.TrainingFID(
+        ds.images, a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
+    ))
     previous = (trainer.resumed or {}).get("run_id")
     if trainer.state.step >= params.train.steps and previous:
         # nothing left to train (`dvc repro -f`, a logging-only change): no new run, no new model version;
         # the outputs are written again from the checkpoint, and run.json names the run that trained them
-        trainer.run(outputs)
+        trainer.run(outputs, selection=selection)
         if dist.main:
             tracker.write_handle(a.run_handle, previous)
             log.info("nothing left to train: the model and MLflow run %s are the ones that trained it "
@@ -61,15 +65,13 @@ def main(argv: list[str]) -> None:
         return
 
     flat = flatten(params)
-    name, tags = provenance(flat, a.params, {TAG_DATA: meta["sha256"], TAG_EVALUATOR: metrics.file_sha256(a.evaluator)})
+    name, tags = provenance(flat, a.params, {TAG_DATA: train_sha, TAG_EVALUATOR: metrics.file_sha256(a.evaluator)})
     # .ganflow/train-run.json names the open run: a run killed before its first checkpoint is marked KILLED next time
     tracker.start(name=name, tags=tags, attempt=Path(".ganflow") / "train-run.json")
     tracker.log_params(flat)
     tracker.log_artifact(a.params)
-    tracker.log_dataset(ds.images, meta)
-    selection = Selection(metrics.key("fid", "classifier"), metrics.TrainingFID(
-        ds.images, a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
-    ))
+    tracker.log_dataset(train_set.images, {"source": f"{meta['source']} (training split)", "sha256": train_sha,
+                                           "count": len(train_set.images)})
     if trainer.resumed:
         # the interrupted attempt's run is closed as KILLED; this run links to it and carries its whole history
         if previous:
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> None:
             net = trainer.net_cfg
             tracker.log_model(*trainer.export_generator(), metadata={"z_dim": net.z_dim, "n_classes": net.n_classes,
                                                                       "arch": trainer.cfg.arch})
-            tracker.annotate_model({"run_name": name, "data_sha256": meta["sha256"], **_dvc_tags(),
+            tracker.annotate_model({"run_name": name, "data_sha256": train_sha, **_dvc_tags(),
                                     TAG_BASELINE_COMMIT: tags[TAG_BASELINE_COMMIT]}, contract(trainer))
     except BaseException:
         tracker.end("FAILED")

@@ -109,9 +109,11 @@ def test_mlflow_run_provenance_review_and_registry(project):
     assert run.info.run_name == f"baseline {project.commit[:7]}"
     assert tags[tracking.TAG_BASELINE_COMMIT] == project.commit and tags[tracking.TAG_PARAMS_DIFF] == "none"
     assert tags[tracking.TAG_DIRTY] == "false" and "`dvc repro` on commit" in tags[tracking.TAG_NOTE]
-    meta = json.loads((root / "data/prepared/meta.json").read_text())
-    assert tags[tracking.TAG_DATA] == meta["sha256"] and len(tags[tracking.TAG_EVALUATOR]) == 64
-    assert [d.dataset.digest for d in client.get_run(run.info.run_id).inputs.dataset_inputs] == [meta["sha256"][:16]]
+    import torch
+
+    trained_on = torch.load(root / "models/checkpoint.pt", weights_only=True)["fingerprint"]["data_sha256"]  # the training split
+    assert tags[tracking.TAG_DATA] == trained_on and len(tags[tracking.TAG_EVALUATOR]) == 64
+    assert [d.dataset.digest for d in client.get_run(run.info.run_id).inputs.dataset_inputs] == [trained_on[:16]]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"eval.json", "sample_grid.png", "dvc.lock"} <= artifacts
     steps = sorted({int(p.path.split("+step+")[1].split("+")[0]) for p in client.list_artifacts(run.info.run_id, "images")
@@ -122,7 +124,7 @@ def test_mlflow_run_provenance_review_and_registry(project):
     assert exp.tags[tracking.TAG_EXPERIMENT_KIND] == "custom_model_development"
     version = client.get_model_version_by_alias("ganflow-generator", tracking.CHAMPION)
     assert version.run_id == run.info.run_id and version.tags[tracking.TAG_STATUS] == "champion"
-    assert version.tags["data_sha256"] == meta["sha256"] and "fid_classifier" in version.tags
+    assert version.tags["data_sha256"] == trained_on and "fid_classifier" in version.tags
     assert "z ~ N(0, 1) of size z_dim=16" in version.description and "in [-1, 1]" in version.description
 
 
