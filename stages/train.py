@@ -53,9 +53,11 @@ def main(argv: list[str]) -> None:
         ds.images, a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
     ))
     previous = (trainer.resumed or {}).get("run_id")
-    if trainer.state.step >= params.train.steps and previous:
-        # nothing left to train (`dvc repro -f`, a logging-only change): no new run, no new model version;
-        # the outputs are written again from the checkpoint, and run.json names the run that trained them
+    if trainer.state.step >= params.train.steps and tracker.status(previous) == "FINISHED":
+        # nothing left to train (`dvc repro -f`, a logging-only change) and the run that trained it closed
+        # properly: no new run, no new model version; the outputs are written again from the checkpoint,
+        # and run.json names that run. (A run killed after its last step is continued by a new run instead,
+        # which logs the model it could not.)
         trainer.run(outputs, selection=selection)
         if dist.main:
             tracker.write_handle(a.run_handle, previous)
@@ -87,7 +89,7 @@ def main(argv: list[str]) -> None:
     try:
         summary = trainer.run(outputs, hooks, selection=selection)
         tracker.log_metrics(summary)
-        if dist.main and summary["steps_run"]:
+        if dist.main:
             net = trainer.net_cfg
             tracker.log_model(*trainer.export_generator(), metadata={"z_dim": net.z_dim, "n_classes": net.n_classes,
                                                                       "arch": trainer.cfg.arch})

@@ -362,13 +362,16 @@ class Tracker:
             self._marker.unlink(missing_ok=True)
 
     def has_run(self, run_id: str | None) -> bool:
+        return self.status(run_id) is not None
+
+    def status(self, run_id: str | None) -> str | None:
+        """A run's status (RUNNING, FINISHED, KILLED, ...), or None when there is no such run to be read."""
         if not (self.enabled and run_id):
-            return False
+            return None
         try:
-            self.client.get_run(run_id)
-            return True
+            return self.client.get_run(run_id).info.status
         except Exception:
-            return False
+            return None
 
     def run_data(self, run_id: str):
         """(params, metrics, tags) of a run, or None when it cannot be read."""
