@@ -214,6 +214,8 @@ class Tracker:
             os.environ.setdefault(k, v)
         import mlflow
 
+        # MLflow sets its own loggers to INFO on import (migrations, system-metrics chatter): warnings only
+        logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger("mlflow").getEffectiveLevel()))
         self.mlflow = mlflow
         self.uri = resolve_uri(cfg)
         try:
