@@ -47,7 +47,7 @@ def test_champion_moves_only_on_a_better_fid_at_equal_n():
 def test_version_flag_and_help():
     r = subprocess.run([sys.executable, "-m", "ganflow.cli", "--version"], capture_output=True, text=True)
     assert r.stdout.strip() == f"ganflow {__version__}"
-    for cmd in ("check", "runs", "sample", "deps"):
+    for cmd in ("check", "runs", "sample", "ui", "deps"):
         r = subprocess.run([sys.executable, "-m", "ganflow.cli", cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: ganflow" in r.stdout, cmd
 
@@ -89,3 +89,12 @@ def test_sample_from_a_generator_file_and_from_a_registered_model(tmp_path, mnis
     assert (a.float() - b.float()).abs().max() <= 1  # the same images, through the exported graph
     with pytest.raises(SystemExit):
         main(["sample", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "c.png")])
+
+
+def test_ui_link_opens_the_model_training_layout(capsys):
+    t = tracking.Tracker(TrackingConfig())
+    t.start()
+    t.end()
+    exp_id = MlflowClient().get_run(t.run_id).info.experiment_id
+    main(["ui", "--params", str(ROOT / "params.yaml"), "--print-url", "--port", "5123"])
+    assert capsys.readouterr().out.strip() == f"http://127.0.0.1:5123/#/experiments/{exp_id}/runs?workflowType=machine_learning"

@@ -3,6 +3,7 @@
   ganflow check [params.yaml]                 validate params without running anything
   ganflow runs [--params params.yaml]         experiments in MLflow: run id, name, key params, scores
   ganflow sample --model URI -n 64 --out F    a grid from a registered model or a generator file
+  ganflow ui [--port 5000]                    the MLflow UI on 127.0.0.1, opened in its model-training layout
   ganflow deps stages/train.py ...            each stage's library files, as dvc.yaml lists them
   ganflow evaluate --samples DIR              score any folder of PNGs with the evaluate stage's protocol
   ganflow compare A.json B.json               two eval.json side by side; refused when their protocols differ
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     sample.add_argument("--seed", type=int, default=1, help="image i depends on (seed, i) only")
     sample.add_argument("--out", type=Path, default=Path("grid.png"))
     sample.add_argument("--params", default="params.yaml", help="where tracking.* is read for models:/ URIs")
+    ui = sub.add_parser("ui", help="serve the MLflow UI of the project's store on 127.0.0.1 and print the experiment's link")
+    ui.add_argument("--params", default="params.yaml")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--print-url", action="store_true", help="only print the link")
     dep = sub.add_parser("deps", help="print the ganflow files each stage script imports (its dvc.yaml deps)")
     dep.add_argument("scripts", nargs="+")
     ev = sub.add_parser("evaluate", help="score a folder of PNGs against the prepared data (outside DVC too)")
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("b")
     cmp.add_argument("--force", action="store_true", help="print the comparison even when the protocols differ")
     a = ap.parse_args(argv)
-    commands: dict[str, Callable] = {"check": check_params, "runs": list_runs, "sample": sample_grid, "deps": print_deps,
+    commands: dict[str, Callable] = {"check": check_params, "runs": list_runs, "sample": sample_grid, "deps": print_deps, "ui": serve_ui,
                                      "evaluate": evaluate_folder, "compare": compare}
     try:
         commands[a.cmd](a)
@@ -183,6 +188,29 @@ def compare(a) -> None:
     for k in sorted(set(ra) & set(rb)):
         if isinstance(ra[k], (int, float)) and isinstance(rb[k], (int, float)):
             print(f"{k:<36} {ra[k]:>12.5g} {rb[k]:>12.5g} {rb[k] - ra[k]:>+12.4g}")
+
+
+def serve_ui(a) -> None:
+    """The UI opens in its GenAI layout unless the link asks for the model-training one (MLflow 3 keeps that
+    choice per browser): print such a link, then serve the local store (a server's URL is only printed)."""
+    import os
+
+    import mlflow
+
+    cfg, uri = _tracking(a.params)
+    remote = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if remote else f"http://127.0.0.1:{a.port}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        exp = mlflow.get_experiment_by_name(cfg.experiment)
+    except Exception as err:
+        raise GanflowError(f"tracking store {uri}: cannot read it ({type(err).__name__})") from None
+    where = f"/#/experiments/{exp.experiment_id}/runs" if exp else "/#/experiments"
+    print(f"{base}{where}?workflowType=machine_learning", flush=True)
+    if a.print_url or remote:
+        return
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(a.port)])
 
 
 def print_deps(a) -> None:
