@@ -182,3 +182,20 @@ def stage_workspace(d: Path, images, overrides: dict | None = None) -> Path:
     evaluator.save(model, d / "evaluator.pt", acc, meta["sha256"], 28, cfg, 0)
     (d / "params.yaml").write_text(yaml.safe_dump(tiny_params(overrides)))
     return d
+
+
+def peak_rss(p) -> int:
+    """Wait for the subprocess `p` (a Popen) and return the peak RSS it reached, polled every 50 ms."""
+    import time
+
+    import psutil
+
+    peak, proc = 0, psutil.Process(p.pid)
+    while p.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    p.wait()
+    return peak

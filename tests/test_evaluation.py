@@ -190,11 +190,8 @@ def test_50k_samples_evaluate_with_bounded_memory(tmp_path, mnist, fresh_mnist):
     """The evaluate stage streams the samples: 50,000 PNGs (1,000 distinct digits, repeated) stay
     under the same RSS bound as sampling them."""
     import shutil
-    import time
 
-    import psutil
-
-    from conftest import stage_workspace
+    from conftest import peak_rss, stage_workspace
 
     ws = stage_workspace(tmp_path / "ws", mnist, {"tracking": {"enabled": False}, "evaluate": {"bootstrap": 20}})
     distinct = _pngs(tmp_path / "distinct", fresh_mnist.images[::4])
@@ -208,13 +205,7 @@ def test_50k_samples_evaluate_with_bounded_memory(tmp_path, mnist, fresh_mnist):
     p = subprocess.Popen([sys.executable, str(ROOT / "stages/evaluate.py"), "--params", str(ws / "params.yaml"), str(samples),
                           str(ws / "prepared"), str(ws / "evaluator.pt"), str(tmp_path / "run.json"), *map(str, out)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak, proc = 0, psutil.Process(p.pid)
-    while p.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
+    peak = peak_rss(p)
     assert p.returncode == 0, p.stderr.read()[-2000:]
     assert json.loads(out[0].read_text())["n_samples"] == 50_000
     assert 0 < peak < 2 * 2**30, f"peak RSS {peak / 2**20:.0f} MiB"

@@ -1,13 +1,11 @@
 import subprocess
 import sys
-import time
 
-import psutil
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, peak_rss
 from ganflow.checkpoint import GENERATOR_FORMAT
 from ganflow.nets import NetConfig, build
 from ganflow.sampling import BLOCK, PngFolder, generate, write_samples
@@ -69,13 +67,7 @@ def test_50k_samples_stream_with_bounded_memory(tmp_path):
     p = subprocess.Popen([sys.executable, str(ROOT / "stages/sample.py"), "--params", str(tmp_path / "params.yaml"),
                           str(tmp_path / "g.pt"), str(tmp_path / "g.pt"), str(tmp_path / "samples"), str(tmp_path / "grid.png")],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak, proc = 0, psutil.Process(p.pid)
-    while p.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
+    peak = peak_rss(p)
     assert p.returncode == 0
     assert "s per 1,000 images" in p.stdout.read()
     assert len(list((tmp_path / "samples").iterdir())) == 50_000
