@@ -334,8 +334,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw, str(path))
 
 
-def flatten(params: BaseModel) -> dict[str, Any]:
-    """Params as flat dot keys (`train.lr_g`), the form MLflow and DVC show."""
+def flatten(params: BaseModel | dict) -> dict[str, Any]:
+    """Params (a model, or the mapping a params file holds) as flat dot keys (`train.lr_g`), the form
+    MLflow and DVC show."""
     out: dict[str, Any] = {}
 
     def walk(d: dict, prefix: str) -> None:
@@ -345,5 +346,5 @@ def flatten(params: BaseModel) -> dict[str, Any]:
             else:
                 out[prefix + k] = v
 
-    walk(params.model_dump(), "")
+    walk(params.model_dump() if isinstance(params, BaseModel) else params, "")
     return out

@@ -167,20 +167,12 @@ class Spool:
 
     def replay(self, client) -> str:
         """Log every kept item into the run; return a description of the gap, and remove the spool."""
-        from mlflow.entities import Metric
-
         items = self.items()
         steps = [i["step"] for i in items if i.get("step") is not None]
         for item in items:
-            if item["kind"] == "metrics":
-                ms = [Metric(k, float(v), item["ts"], item["step"] or 0) for k, v in item["metrics"].items()]
-                _retry(lambda: client.log_batch(self.run_id, metrics=ms), "replay metrics")
-            elif item["kind"] == "image":
-                image = np.load(self.dir / item["image_file"], allow_pickle=False)
-                _retry(lambda: client.log_image(self.run_id, image, key=item["key"], step=item["step"]), "replay image")
-            elif item["kind"] == "tags":
-                for k, v in item["tags"].items():
-                    _retry(lambda: client.set_tag(self.run_id, k, v), "replay tags")
+            if "image_file" in item:
+                item["image"] = np.load(self.dir / item["image_file"], allow_pickle=False)
+            _send(client, self.run_id, item)
         span = f" (steps {min(steps)}-{max(steps)})" if steps else ""
         gap = (f"{len(items)} logging calls{span} were kept locally while the store was unusable and "
                f"replayed at {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -309,7 +301,7 @@ class Tracker:
                 run = _retry(lambda: mlflow.start_run(experiment_id=self.experiment_id, run_name=name, tags=tags,
                                                       log_system_metrics=True), "start_run")
             else:
-                if not self.has_run(run_id):
+                if self.status(run_id) is None:
                     log.warning("run %s is not in %s: logging to a new run", run_id, self.uri)
                     return self.start(tags=tags, attempt=attempt, name=name)
                 run = _retry(lambda: mlflow.start_run(run_id=run_id, log_system_metrics=True), "start_run")
@@ -362,9 +354,6 @@ class Tracker:
             return
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
-
-    def has_run(self, run_id: str | None) -> bool:
-        return self.status(run_id) is not None
 
     def status(self, run_id: str | None) -> str | None:
         """A run's status (RUNNING, FINISHED, KILLED, ...), or None when there is no such run to be read."""
@@ -425,15 +414,7 @@ class Tracker:
                 self._queue.task_done()
 
     def _send(self, item: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        if item["kind"] == "metrics":
-            ms = [Metric(k, float(v), item["ts"], item["step"] or 0) for k, v in item["metrics"].items()]
-            _retry(lambda: self.client.log_batch(self.run_id, metrics=ms), "log_metrics")
-        elif item["kind"] == "image":
-            _retry(lambda: self.client.log_image(self.run_id, item["image"], key=item["key"], step=item["step"]), "log_image")
-        elif item["kind"] == "tags":
-            _retry(lambda: self.client.log_batch(self.run_id, tags=_run_tags(item["tags"])), "set_tags")
+        _send(self.client, self.run_id, item)
 
     def _store_down(self, why: str) -> None:
         if not self.down:
@@ -612,10 +593,17 @@ def read_handle(path: str | Path) -> str | None:
         raise GanflowError(f"{path}: unreadable run handle ({err})") from None
 
 
-def _run_tags(tags: dict[str, str]):
-    from mlflow.entities import RunTag
+def _send(client, run_id: str, item: dict[str, Any]) -> None:
+    """One queued or spooled logging call (metrics, an image, tags) into a run."""
+    from mlflow.entities import Metric, RunTag
 
-    return [RunTag(k, v) for k, v in tags.items()]
+    if item["kind"] == "metrics":
+        ms = [Metric(k, float(v), item["ts"], item["step"] or 0) for k, v in item["metrics"].items()]
+        _retry(lambda: client.log_batch(run_id, metrics=ms), "log_metrics")
+    elif item["kind"] == "image":
+        _retry(lambda: client.log_image(run_id, item["image"], key=item["key"], step=item["step"]), "log_image")
+    elif item["kind"] == "tags":
+        _retry(lambda: client.log_batch(run_id, tags=[RunTag(k, v) for k, v in item["tags"].items()]), "set_tags")
 
 
 def _dvc_tags() -> dict[str, str]:
@@ -639,9 +627,9 @@ def _git(*args: str) -> str | None:
 
 def params_diff(flat: dict[str, Any], params_file: str | Path) -> dict[str, tuple[Any, Any]]:
     """Params that differ from the committed params file (HEAD): key -> (committed, now)."""
-    from ganflow.config import _Yaml12Loader
-
     import yaml
+
+    from ganflow.config import _Yaml12Loader, flatten
 
     committed = _git("show", f"HEAD:{Path(params_file).as_posix()}")
     if committed is None:
@@ -650,13 +638,7 @@ def params_diff(flat: dict[str, Any], params_file: str | Path) -> dict[str, tupl
         old = yaml.load(committed, Loader=_Yaml12Loader) or {}
     except yaml.YAMLError:
         return {}
-    old_flat: dict[str, Any] = {}
-
-    def walk(d: dict, prefix: str) -> None:
-        for k, v in d.items():
-            walk(v, f"{prefix}{k}.") if isinstance(v, dict) else old_flat.__setitem__(prefix + k, v)
-
-    walk(old, "")
+    old_flat = flatten(old) if isinstance(old, dict) else {}
     return {k: (old_flat.get(k), v) for k, v in flat.items() if old_flat.get(k) != v}
 
 
