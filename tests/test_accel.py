@@ -9,7 +9,7 @@ from conftest import TINY_TRAIN
 from ganflow import GanflowError, accel, losses
 from ganflow.config import ConfigError, parse_params
 from ganflow.generator import serving_model
-from ganflow.training import Trainer
+from ganflow.training import Hooks, Trainer
 from test_training import paths, train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -157,36 +157,38 @@ def test_exported_generator_matches_the_evaluated_one(mnist, conditional):
     assert torch.equal(again(x), out)
 
 
-@pytest.fixture
-def counting_loss():
-    """A stateful loss (a running mean of D's real logits, as LeCam keeps): its state must resume."""
-
-    @losses.LOSSES.register("test-counting")
-    class Counting(losses.Hinge):
-        def __init__(self):
-            self.ema = torch.zeros(())
-
-        def d_from_logits(self, r, f):
-            self.ema = 0.9 * self.ema + 0.1 * r.detach().mean()
-            return super().d_from_logits(r, f) + 0.1 * (r - self.ema).square().mean()
-
-        def state_dict(self):
-            return {"ema": self.ema}
-
-        def load_state_dict(self, state):
-            self.ema = state["ema"]
-
-    yield "test-counting"
-    del losses.LOSSES._items["test-counting"]
+class Killed(Exception):
+    pass
 
 
-def test_a_stateful_loss_resumes_exactly(mnist, tmp_path, counting_loss):
+def test_lecam_lr_decay_and_ema_rampup_resume_exactly(mnist, tmp_path):
+    """LeCam's running means are loss state in the checkpoint; the decayed learning rate and the ramped
+    EMA half-life are functions of the step: a run killed after its step-10 checkpoint and resumed
+    equals the whole one, bit for bit."""
     whole, split = tmp_path / "whole", tmp_path / "split"
-    a = train(mnist, whole, loss=counting_loss)
-    train(mnist, split, loss=counting_loss, steps=10)
-    b = train(mnist, split, loss=counting_loss)
-    assert b.resumed["step"] == 10 and torch.equal(a.loss.ema, b.loss.ema) and a.loss.ema != 0
+    knobs = {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05}
+    a = train(mnist, whole, **knobs)
+
+    def kill_at_10(metrics, step):  # reports run after that step's checkpoint
+        if step == 10:
+            raise Killed
+
+    params = parse_params({"train": {**TINY_TRAIN, **knobs}})
+    accel.seed_everything(params.seed, torch.device("cpu"))
+    with pytest.raises(Killed):
+        Trainer(params, mnist, "sha-test").run(paths(split), Hooks(on_metrics=kill_at_10))
+    b = train(mnist, split, **knobs)
+    assert b.resumed["step"] == 10 and torch.equal(a.loss.lecam.ema, b.loss.lecam.ema) and a.loss.lecam.ema.abs().sum() > 0
     assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()
+    # constant for 10 steps, then falling linearly: the last of 20 steps runs at a tenth
+    assert a.opt_g.param_groups[0]["lr"] == pytest.approx(a.cfg.lr_g / 10)
+
+
+def test_more_steps_start_afresh_when_the_learning_rate_decays(mnist, tmp_path):
+    train(mnist, tmp_path, steps=10, lr_decay=0.5)
+    assert train(mnist, tmp_path, steps=20, lr_decay=0.5).resumed is None  # its schedule changed
+    train(mnist, tmp_path / "const", steps=10)
+    assert train(mnist, tmp_path / "const", steps=20).resumed["step"] == 10
 
 
 # -- CUDA only ------------------------------------------------------------------------------------
@@ -195,7 +197,8 @@ ARCH_LOSS = [("seed", "non-saturating", "none", {}), ("dcgan", "hinge", "spectra
              ("sngan", "hinge", "spectral", {}), ("dcgan", "hinge", "spectral", {"conditional": True}),
              ("sngan", "hinge", "spectral", {"conditional": True}),
              ("dcgan", "hinge", "spectral", {"augment": ["color", "translation", "cutout"]}),
-             ("dcgan", "hinge", "spectral", {"channels_last": True})]
+             ("dcgan", "hinge", "spectral", {"channels_last": True}),
+             ("dcgan", "hinge", "spectral", {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05})]
 
 
 def cuda_train(mnist, out, **overrides):

@@ -61,7 +61,8 @@ def test_checkpoint_round_trip_with_weights_only(mnist, tmp_path):
 def test_ema_update_on_a_toy_model(mnist):
     params = parse_params({"train": {**TINY_TRAIN, "ema": 16.0, "batch_size": 16}})
     t = Trainer(params, mnist, "x")
-    assert t.ema_beta == pytest.approx(0.5)  # half-life of 16 images at 16 images per step
+    t.schedule(0)
+    assert t.ema_weight.item() == pytest.approx(0.5)  # half-life of 16 images at 16 images per step
     before = copy.deepcopy(t.G_ema.state_dict())
     with torch.no_grad():
         for p in t.G.parameters():

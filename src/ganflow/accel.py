@@ -64,6 +64,8 @@ class CudaGraphs:
         for opt in optimizers:  # Adam's step counters must live on the device to be captured
             for group in opt.param_groups:
                 group["capturable"] = True
+                # a tensor learning rate, so a schedule's set_lr reaches the replayed graph
+                group["lr"] = torch.tensor(float(group["lr"]), device=group["params"][0].device)
 
     def warmup(self, fn: Callable[[], Any]) -> Any:
         # warm-up runs on a side stream, as capture requires (cuBLAS/cuDNN workspaces, autograd state)
@@ -165,6 +167,15 @@ class Levers:
         kw = {"fused": True} if self.fused else {}
         return torch.optim.Adam(params, lr=lr, betas=betas, **kw)
 
+    @staticmethod
+    def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+        """Set every group's learning rate, in place when it is a tensor (captured by a CUDA graph)."""
+        for group in opt.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+
     def load_optimizer(self, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Load an optimiser's state but keep this run's levers: a checkpoint's param groups carry the
         fused/capturable flags of the process that saved it (a graphed GPU run, say)."""
@@ -172,6 +183,7 @@ class Levers:
         opt.load_state_dict(state)
         for group, keep in zip(opt.param_groups, levers):
             group.update(keep)
+            group["lr"] = float(group["lr"])  # a graphed run saves it as a device tensor
 
     def autocast(self) -> ContextManager:
         """bf16 autocast on CUDA (its weight cache off under graphs, which replay without it)."""

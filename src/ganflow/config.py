@@ -97,8 +97,17 @@ class TrainConfig(_Section):
         "spectral", description="D's normalisation: spectral | batch (classic DCGAN) | none (for wgan-gp); sngan: always spectral"
     )
     conditional: bool = Field(False, description="class-conditional G (conditional BN) and D (projection); needs labelled data")
+    lr_decay: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="fraction of the last steps over which both learning rates fall linearly to 0 (0: constant)"
+    )
+    lecam: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="weight of the LeCam regulariser on D's outputs (Tseng et al. 2021; 0: off)"
+    )
     ema: Annotated[float, Field(ge=0)] = Field(
         5000.0, description="half-life of the moving average of G, in images (0: off); the EMA G is saved"
+    )
+    ema_rampup: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="EMA warm-up: the half-life is at most this fraction of the images seen so far (0: off)"
     )
     augment: list[str] = Field([], description="DiffAugment policies on every D input: color, translation, cutout")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto (CUDA, then MPS, then CPU) | cpu | cuda | mps")

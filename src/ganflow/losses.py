@@ -15,23 +15,49 @@ from ganflow.registry import Registry
 Disc = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
+class LeCam:
+    """LeCam regulariser (Tseng et al. 2021): D's outputs on real images are pulled towards the running
+    mean of its outputs on fakes, and the other way round, which keeps D from overfitting small data.
+    The running means live on the device and are updated in place (a CUDA graph replays them)."""
+
+    decay = 0.99
+
+    def __init__(self, weight: float, device: torch.device | str = "cpu"):
+        self.weight = weight
+        self.ema = torch.zeros(2, device=device)  # running means of D(real), D(fake)
+
+    def __call__(self, r: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        means = torch.stack([r.detach().float().mean(), f.detach().float().mean()])
+        self.ema.lerp_(means, 1 - self.decay)
+        return self.weight * (F.relu(r.float() - self.ema[1]).square().mean() + F.relu(self.ema[0] - f.float()).square().mean())
+
+
 class Loss:
-    """A loss may keep state (a running mean for a regulariser, say): it goes into the checkpoint
-    through state_dict/load_state_dict, so resuming stays exact."""
+    """A loss may keep state (LeCam's running means, say): it goes into the checkpoint through
+    state_dict/load_state_dict, so resuming stays exact."""
 
     n_critic = 1  # D updates per G update
 
+    def __init__(self, lecam: float = 0.0, device: torch.device | str = "cpu"):
+        self.lecam = LeCam(lecam, device) if lecam > 0 else None
+
     def state_dict(self) -> dict:
-        return {}
+        return {"lecam_ema": self.lecam.ema.clone()} if self.lecam else {}
 
     def load_state_dict(self, state: dict) -> None:
-        if state:
-            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
+        if set(state) != set(self.state_dict()):
+            raise ValueError(f"{type(self).__name__} keeps {sorted(self.state_dict())}, got {sorted(state)}")
+        if self.lecam:
+            self.lecam.ema.copy_(state["lecam_ema"])
+
+    def regulariser(self, r: torch.Tensor, f: torch.Tensor) -> torch.Tensor | float:
+        """Added to every D loss: LeCam when on."""
+        return self.lecam(r, f) if self.lecam else 0.0
 
     def d_loss(self, D: Disc, real, fake, y=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (loss, logits on real, logits on fake)."""
         r, f = D(real, y), D(fake, y)
-        return self.d_from_logits(r, f), r, f
+        return self.d_from_logits(r, f) + self.regulariser(r, f), r, f
 
     def d_from_logits(self, r: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -76,11 +102,11 @@ class WGANGP(Loss):
         mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
         (grad,) = torch.autograd.grad(D(mix, y).sum(), mix, create_graph=True)
         gp = (grad.flatten(1).norm(dim=1) - 1).square().mean()
-        return f.mean() - r.mean() + self.gp_weight * gp, r, f
+        return f.mean() - r.mean() + self.gp_weight * gp + self.regulariser(r, f), r, f
 
     def g_loss(self, D, fake, y=None):
         return -D(fake, y).mean()
 
 
-def get(name: str) -> Loss:
-    return LOSSES.get(name)()
+def get(name: str, lecam: float = 0.0, device: torch.device | str = "cpu") -> Loss:
+    return LOSSES.get(name)(lecam, device)

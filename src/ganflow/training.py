@@ -46,7 +46,8 @@ class DivergenceError(GanflowError):
 def fingerprint(params: Params, data_sha256: str, world_size: int = 1, code: str | None = None) -> dict[str, Any]:
     """Everything that defines the model and its optimisation; a checkpoint is resumed only if this
     matches. `code`: the hash of the training code (default: the closure of this module)."""
-    train = params.train.model_dump(exclude=NOT_FINGERPRINTED)
+    # a decaying learning rate makes every step depend on train.steps: then more steps start afresh
+    train = params.train.model_dump(exclude=NOT_FINGERPRINTED - ({"steps"} if params.train.lr_decay else set()))
     return {"seed": params.seed, "data_sha256": data_sha256, "code": code or deps.code_hash(__file__),
             "world_size": world_size, **{f"train.{k}": v for k, v in train.items()}}
 
@@ -110,14 +111,14 @@ class Trainer:
         self.levers.place(self.G, self.D)
         self.opt_g = self.levers.adam(self.G.parameters(), cfg.lr_g, tuple(cfg.betas))
         self.opt_d = self.levers.adam(self.D.parameters(), cfg.lr_d, tuple(cfg.betas))
-        self.loss = losses.get(cfg.loss)
+        self.loss = losses.get(cfg.loss, cfg.lecam, self.device)
         # the views a step calls (DDP, compile); D as the losses see it: DiffAugment on every input
         self.G_step = self.levers.for_step(self.G)
         self.D_aug = augment.wrap(self.levers.for_step(self.D), cfg.augment)
         self.D_frozen = augment.wrap(self.levers.for_frozen(self.D), cfg.augment)  # D during the G step
         # EMA of G's weights (copied after DDP made all ranks equal): per-step decay from a half-life in images
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema > 0 else None
-        self.ema_beta = 0.5 ** (cfg.batch_size * dist.world_size / cfg.ema) if cfg.ema > 0 else 0.0
+        self.ema_weight = torch.zeros((), device=self.device)  # 1 - decay, set per step (a graph replays it)
         # the whole data set stays on the device as uint8; batches are index draws there
         self.images = torch.from_numpy(data.images).to(self.device)
         self.labels = torch.from_numpy(data.labels).to(self.device) if n_classes else None
@@ -231,12 +232,27 @@ class Trainer:
         """The generator that is sampled, saved and evaluated: the EMA one when train.ema > 0."""
         return self.G_ema if self.G_ema is not None else self.G
 
+    def schedule(self, step: int) -> None:
+        """Set what depends on the step about to run (0-based): the learning rates (constant, then
+        falling linearly towards 0 over the last train.lr_decay of the steps) and the EMA's decay (from its
+        half-life in images, ramped up over the first images when train.ema_rampup is on)."""
+        cfg = self.cfg
+        if cfg.lr_decay:
+            start = cfg.steps * (1 - cfg.lr_decay)
+            scale = min(1.0, (cfg.steps - step) / (cfg.steps - start))
+            for opt, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
+                self.levers.set_lr(opt, lr * scale)
+        if self.G_ema is not None:
+            per_step = cfg.batch_size * self.dist.world_size
+            half_life = min(cfg.ema, cfg.ema_rampup * step * per_step) if cfg.ema_rampup else cfg.ema
+            self.ema_weight.fill_(1.0 - 0.5 ** (per_step / half_life) if half_life > 0 else 1.0)
+
     @torch.no_grad()
     def update_ema(self) -> None:
-        # G_ema <- beta·G_ema + (1 - beta)·G; buffers (batch-norm statistics) are copied
+        # G_ema <- (1 - w)·G_ema + w·G; buffers (batch-norm statistics) are copied
         if self.G_ema is None:
             return
-        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1.0 - self.ema_beta)
+        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), self.ema_weight)
         for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
             be.copy_(b)
 
@@ -344,6 +360,7 @@ class Trainer:
             self.snapshot_grid(outputs)(hooks)
         with progress.bar(cfg.steps, "train", "step", initial=st.step, disable=not main) as bar:
             while st.step < cfg.steps:
+                self.schedule(st.step)
                 meter.add(step())
                 st.step += 1
                 bar.update(1)
