@@ -1,0 +1,159 @@
+"""The quality sweep, as DVC experiments at equal wall-clock: calibrate, queue, run, compare in MLflow.
+
+Every candidate is a set of params overrides on top of params.yaml. Each gets the number of train.steps
+that its measured step speed fits into --budget seconds of training on this machine (its
+calibration: a few timed steps, in this process, one candidate after the other), so fast and slow
+recipes are compared at equal time, not equal steps. Then each is queued as a DVC experiment named
+`<prefix>-<candidate>` and the queue runs them one at a time (one process: no candidate is slowed by
+another), each a full train → sample → evaluate into the MLflow experiment `sweep`. `report` reads the
+runs back from MLflow (training and evaluation runs of the same DVC experiment) and prints the table.
+
+    python bench/sweep.py queue  --budget 35 [--only base,decay] [--prefix s1] [-S evaluate.bootstrap=0]
+    dvc queue start -j 1   (or: python bench/sweep.py queue ... --start, which also waits)
+    python bench/sweep.py report [--prefix s1]
+
+The sweep's runs register no model (tracking.registered_model=null) and never resume (train.resume=false).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from ganflow import accel, data, evaluator  # noqa: E402
+from ganflow.config import parse_params  # noqa: E402
+from ganflow.training import Trainer  # noqa: E402
+
+EXPERIMENT = "sweep"
+# name -> overrides of params.yaml (the issue's list of candidates; "base" is params.yaml as it is)
+CANDIDATES: dict[str, dict[str, object]] = {
+    "base": {},
+    "b128-sqrt": {"train.batch_size": 128, "train.lr_g": 0.00057, "train.lr_d": 0.00057},  # lr × √2
+    "b128-lin": {"train.batch_size": 128, "train.lr_g": 0.0008, "train.lr_d": 0.0008},  # lr × 2
+    "b32-sqrt": {"train.batch_size": 32, "train.lr_g": 0.00028, "train.lr_d": 0.00028},
+    "ttur": {"train.lr_g": 0.0002, "train.lr_d": 0.0006},
+    "decay": {"train.lr_decay": 0.5},
+    "ema-2k": {"train.ema": 2000.0},
+    "ema-10k-ramp": {"train.ema": 10000.0, "train.ema_rampup": 0.05},
+    "ema-ramp": {"train.ema_rampup": 0.05},
+    "lecam": {"train.lecam": 0.3},
+    "width-24": {"train.width": 24},
+    "width-48": {"train.width": 48},
+    "conditional": {"train.conditional": True},
+    "diffaug": {"train.augment": ["translation", "cutout"]},
+}
+FIXED = {"train.resume": False, "tracking.experiment": EXPERIMENT, "tracking.registered_model": None}
+
+
+def params_with(overrides: dict[str, object]) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        *path, last = dotted.split(".")
+        node = params
+        for k in path:
+            node = node[k]
+        node[last] = value
+    return params
+
+
+def steps_per_second(overrides: dict[str, object], images, seconds: float = 4.0) -> float:
+    """Training steps per second of this recipe on this machine (after 5 warm-up steps)."""
+    params = parse_params(params_with(overrides))
+    accel.seed_everything(params.seed, accel.select_device(params.train.device))
+    t = Trainer(params, images, "calibration")
+    for i in range(5):
+        t.schedule(i)
+        t.train_step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        t.schedule(5 + n)
+        t.train_step()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def training_split():
+    """The images the train stage trains on: the prepared data less the evaluator's held-out split."""
+    ds, meta = data.load_prepared(ROOT / "data" / "prepared")
+    _, info = evaluator.load(ROOT / "models" / "evaluator.pt")
+    _, seen = evaluator.reference_split(info, ROOT / "models" / "evaluator.pt", meta["sha256"], len(ds.images))
+    return ds.subset(seen)
+
+
+def dvc(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+
+def queue(a: argparse.Namespace) -> None:
+    images = training_split()
+    names = a.only.split(",") if a.only else list(CANDIDATES)
+    sets = dict(s.split("=", 1) for s in a.sets)
+    for seed in a.seeds:
+        for name in names:
+            overrides = {**CANDIDATES[name], **{k: yaml.safe_load(v) for k, v in sets.items()}}
+            rate = steps_per_second(overrides, images)
+            steps = max(100, round(rate * a.budget / 100) * 100)
+            exp = f"{a.prefix}-{name}" + (f"-seed{seed}" if len(a.seeds) > 1 else "")
+            flags = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                     for k, v in {**overrides, **FIXED, "train.steps": steps, "seed": seed}.items()]
+            dvc("exp", "run", "--queue", "-f", "-n", exp, *(x for f in flags for x in ("-S", f)))
+            print(f"queued {exp}: {rate:.1f} steps/s -> {steps} steps in {a.budget:.0f} s  ({', '.join(flags[:len(overrides)]) or 'params.yaml'})",
+                  flush=True)
+    if a.start:
+        dvc("queue", "start", "-j", "1")
+        while any(s in dvc("queue", "status") for s in ("Queued", "Running")):
+            time.sleep(15)
+        print(dvc("queue", "status"))
+
+
+def report(a: argparse.Namespace) -> None:
+    """One row per DVC experiment of the prefix: its training run's time and its evaluation's scores."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{ROOT / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list", order_by=["start_time ASC"],
+                              filter_string=f"tags.`dvc.exp_name` LIKE '{a.prefix}-%'")
+    rows: dict[str, dict] = {}
+    for run in runs:  # later runs of the same experiment name replace earlier ones
+        exp = run.data.tags["dvc.exp_name"]
+        row = rows.setdefault(exp, {})
+        if "train_seconds" in run.data.metrics:
+            row.clear()
+        row.update(run.data.metrics)
+        row.setdefault("steps", run.data.params.get("train.steps"))
+    cols = ["steps", "train_seconds", "fid_classifier", "precision_classifier", "recall_classifier",
+            "density_classifier", "coverage_classifier", "class_coverage"]
+    print("| experiment | " + " | ".join(c.removesuffix("_classifier") for c in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for exp, m in sorted(rows.items(), key=lambda kv: kv[1].get("fid_classifier", float("inf"))):
+        cells = [str(m.get("steps"))] + [f"{m[c]:.3g}" if c in m else "-" for c in cols[1:]]
+        print(f"| {exp} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("queue", help="calibrate each candidate and queue it as a DVC experiment")
+    q.add_argument("--budget", type=float, default=35.0, help="seconds of training per candidate")
+    q.add_argument("--only", help="comma-separated candidate names (default: all)")
+    q.add_argument("--prefix", default="sweep")
+    q.add_argument("--seeds", type=int, nargs="+", default=[0])
+    q.add_argument("-S", dest="sets", action="append", default=[], help="override for every candidate, KEY=VALUE")
+    q.add_argument("--start", action="store_true", help="start the queue (one worker) and wait for it")
+    r = sub.add_parser("report", help="the table of one sweep, read from MLflow")
+    r.add_argument("--prefix", default="sweep")
+    a = ap.parse_args()
+    queue(a) if a.cmd == "queue" else report(a)
+
+
+if __name__ == "__main__":
+    main()
