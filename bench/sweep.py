@@ -1,9 +1,9 @@
 """The quality sweep, as DVC experiments at equal wall-clock: calibrate, queue, run, compare in MLflow.
 
 Every candidate is a set of params overrides on top of params.yaml. Each gets the number of train.steps
-that its measured step speed fits into --budget seconds of training on this machine (its
-calibration: a few timed steps, in this process, one candidate after the other), so fast and slow
-recipes are compared at equal time, not equal steps. Then each is queued as a DVC experiment named
+that its measured step speed fits into --budget seconds of training on this machine (calibration:
+every distinct recipe timed in this process, in interleaved rounds, median of each), so fast and
+slow recipes are compared at equal time, not equal steps. Then each is queued as a DVC experiment named
 `<prefix>-<candidate>` and the queue runs them one at a time (one process: no candidate is slowed by
 another), each a full train → sample → evaluate into the MLflow experiment `sweep`. `report` reads the
 runs back from MLflow (training and evaluation runs of the same DVC experiment) and prints the table.
@@ -18,10 +18,13 @@ The sweep's runs register no model (tracking.registered_model=null) and never re
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -50,7 +53,22 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "width-48": {"train.width": 48},
     "conditional": {"train.conditional": True},
     "diffaug": {"train.augment": ["translation", "cutout"]},
+    # round 2: b128-lin beat b128-sqrt, so a higher learning rate at batch 64; and the round-1 winners combined
+    "lr6": {"train.lr_g": 0.0006, "train.lr_d": 0.0006},
+    "lr8": {"train.lr_g": 0.0008, "train.lr_d": 0.0008},
+    "lr8-decay": {"train.lr_g": 0.0008, "train.lr_d": 0.0008, "train.lr_decay": 0.3},
+    "lecam-1": {"train.lecam": 1.0},
+    "w24-lecam": {"train.width": 24, "train.lecam": 0.3},
+    "w24-lecam-lr8": {"train.width": 24, "train.lecam": 0.3, "train.lr_g": 0.0008, "train.lr_d": 0.0008},
+    # round 3: lr 6e-4 won round 2; what adds to it
+    "lr6-lecam": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.lecam": 0.3},
+    "lr6-w24": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.width": 24},
+    "lr6-ema2k": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.ema": 2000.0},
+    "lr6-decay": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.lr_decay": 0.2},
 }
+# overrides that leave the work of a step unchanged: candidates differing only in these share a calibration
+SPEED_NEUTRAL = {"train.lr_g", "train.lr_d", "train.lr_decay", "train.betas", "train.ema", "train.ema_rampup"}
+RATES = ROOT / "bench" / "out" / "sweep_rates.json"  # steps/s per speed key, measured on this machine
 FIXED = {"train.resume": False, "tracking.experiment": EXPERIMENT, "tracking.registered_model": None}
 
 
@@ -65,20 +83,44 @@ def params_with(overrides: dict[str, object]) -> dict:
     return params
 
 
-def steps_per_second(overrides: dict[str, object], images, seconds: float = 4.0) -> float:
-    """Training steps per second of this recipe on this machine (after 5 warm-up steps)."""
+def speed(overrides: dict[str, object]) -> str:
+    """What decides a recipe's step speed: its overrides less the speed-neutral ones (LeCam: on or off)."""
+    return repr(sorted((k, bool(v) if k == "train.lecam" else v) for k, v in overrides.items()
+                       if k.startswith("train.") and k not in SPEED_NEUTRAL))
+
+
+def step_timer(overrides: dict[str, object], images) -> Callable[[float], float]:
+    """A trainer of this recipe (warmed up by 5 steps) and a function timing its steps for `seconds`."""
     params = parse_params(params_with(overrides))
     accel.seed_everything(params.seed, accel.select_device(params.train.device))
     t = Trainer(params, images, "calibration")
-    for i in range(5):
-        t.schedule(i)
+
+    def step() -> None:
+        t.schedule(t.state.step)
         t.train_step()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        t.schedule(5 + n)
-        t.train_step()
-        n += 1
-    return n / (time.perf_counter() - t0)
+        t.state.step += 1
+
+    def steps_per_second(seconds: float) -> float:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            step()
+            n += 1
+        return n / (time.perf_counter() - t0)
+
+    for _ in range(5):
+        step()
+    return steps_per_second
+
+
+def calibrate(recipes: dict[str, dict[str, object]], images, rounds: int = 5, seconds: float = 2.0) -> dict[str, float]:
+    """Steps per second of each recipe on this machine: `rounds` interleaved timings, the median of
+    each (a load spike then hits one timing of every recipe, not all timings of one)."""
+    timers = {key: step_timer(o, images) for key, o in recipes.items()}
+    samples: dict[str, list[float]] = {key: [] for key in recipes}
+    for _ in range(rounds):
+        for key, timer in timers.items():
+            samples[key].append(timer(seconds))
+    return {key: statistics.median(v) for key, v in samples.items()}
 
 
 def training_split():
@@ -97,10 +139,17 @@ def queue(a: argparse.Namespace) -> None:
     images = training_split()
     names = a.only.split(",") if a.only else list(CANDIDATES)
     sets = dict(s.split("=", 1) for s in a.sets)
+    recipes = {name: {**CANDIDATES[name], **{k: yaml.safe_load(v) for k, v in sets.items()}} for name in names}
+    speed_key = {name: speed(o) for name, o in recipes.items()}
+    # rates measured once per machine are kept, so later rounds give a recipe the same steps as earlier ones
+    rates = json.loads(RATES.read_text()) if RATES.exists() and not a.recalibrate else {}
+    missing = {speed_key[name]: recipes[name] for name in names if speed_key[name] not in rates}
+    rates.update(calibrate(missing, images) if missing else {})
+    RATES.parent.mkdir(parents=True, exist_ok=True)
+    RATES.write_text(json.dumps(rates, indent=1, sort_keys=True) + "\n")
     for seed in a.seeds:
         for name in names:
-            overrides = {**CANDIDATES[name], **{k: yaml.safe_load(v) for k, v in sets.items()}}
-            rate = steps_per_second(overrides, images)
+            overrides, rate = recipes[name], rates[speed_key[name]]
             steps = max(100, round(rate * a.budget / 100) * 100)
             exp = f"{a.prefix}-{name}" + (f"-seed{seed}" if len(a.seeds) > 1 else "")
             flags = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
@@ -148,6 +197,7 @@ def main() -> None:
     q.add_argument("--prefix", default="sweep")
     q.add_argument("--seeds", type=int, nargs="+", default=[0])
     q.add_argument("-S", dest="sets", action="append", default=[], help="override for every candidate, KEY=VALUE")
+    q.add_argument("--recalibrate", action="store_true", help=f"measure every recipe again (else reuse {RATES.name})")
     q.add_argument("--start", action="store_true", help="start the queue (one worker) and wait for it")
     r = sub.add_parser("report", help="the table of one sweep, read from MLflow")
     r.add_argument("--prefix", default="sweep")
