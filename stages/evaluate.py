@@ -1,6 +1,8 @@
 """Stage evaluate: every score of the samples against the prepared data (see README, Evaluation
 protocol), in the classifier's feature space and, when weights can be had, in Inception-v3's."""
 
+import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lock hashes
+
 import argparse
 import logging
 import time

@@ -1,5 +1,7 @@
 """Stage fit_evaluator: train the classifier whose feature space scores the samples."""
 
+import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lock hashes
+
 import argparse
 
 import torch

@@ -1,5 +1,7 @@
 """Stage prepare: a data source -> data/prepared (uint8 N×C×H×W, labels, meta.json) + a grid of real images."""
 
+import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lock hashes
+
 import argparse
 
 from ganflow import data

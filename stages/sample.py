@@ -1,5 +1,7 @@
 """Stage sample: N PNGs from the generator; image i depends on (sample.seed, i) only."""
 
+import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lock hashes
+
 import argparse
 
 from ganflow.accel import select_device

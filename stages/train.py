@@ -1,5 +1,7 @@
 """Stage train: the GAN on the prepared data, resuming from models/checkpoint.pt when it matches."""
 
+import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lock hashes
+
 import argparse
 import logging
 from pathlib import Path

@@ -91,3 +91,20 @@ def test_code_hash_covers_the_closure_and_changes_with_any_file_in_it(tmp_path, 
     assert before != deps.code_hash(training.__file__)
     script.write_text("import ganflow.training  # edited\n")
     assert deps.code_hash(script) != before
+
+
+def test_every_stage_runs_the_ganflow_of_its_own_checkout(tmp_path):
+    """`dvc exp run --queue` runs stages in a copy of the project; an editable install would import the
+    workspace's src/ instead, code that dvc.lock never hashed for that experiment (and that may be
+    edited meanwhile). Every stage puts its own checkout's src/ first."""
+    import shutil
+    import subprocess
+    import sys
+
+    for name in ("src", "stages"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    init = tmp_path / "src" / "ganflow" / "__init__.py"
+    init.write_text(init.read_text() + "\nprint('ganflow from the copy')\n")
+    for script in stage_scripts().values():
+        out = subprocess.run([sys.executable, f"stages/{script.name}", "--help"], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.startswith("ganflow from the copy"), (script.name, out.stdout[:200], out.stderr[-500:])

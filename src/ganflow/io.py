@@ -1,8 +1,8 @@
 """Atomic file writes (temp file + os.replace) and image grids.
 
 A killed process leaves either the old file or the new one, never half of one; its temp files
-(`.<name>.<random>.tmp`, beside the target, ignored by git) are removed by the next write of that
-target. Files get the permissions any other tool would give them (0666 / 0777 less the umask), and a
+(`.<name>.<pid>.<random>.tmp`, beside the target, ignored by git) are removed by the next write of that
+target once their writer is gone (two experiments may write one shared cache file at the same time). Files get the permissions any other tool would give them (0666 / 0777 less the umask), and a
 failed write (disk full, file too large, read-only) is one GanflowError naming the file.
 """
 
@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image
@@ -30,10 +30,35 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def _remove_stale(path: Path) -> None:
-    """Temp files and folders a killed writer of `path` left beside it."""
+    """Temp files and folders that a killed writer of `path` left beside it; a live writer's stay."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _temp_beside(path: Path, make: Callable[..., Any]) -> Path:
+    """A new temp file or folder (`make`: mkstemp or mkdtemp) beside `path`, named for this process."""
+    with _write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path)
+        made = make(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    if isinstance(made, tuple):  # mkstemp: (fd, name)
+        os.close(made[0])
+        made = made[1]
+    return Path(made)
 
 
 @contextmanager
@@ -49,12 +74,7 @@ def _write_errors(path: Path) -> Iterator[None]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
-    with _write_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    tmp = Path(tmp)
+    tmp = _temp_beside(path, tempfile.mkstemp)
     try:
         with _write_errors(path):
             yield tmp
@@ -85,10 +105,7 @@ def torch_save(obj: Any, path: str | Path) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it takes the place of `path`."""
     path = Path(path)
-    with _write_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _temp_beside(path, tempfile.mkdtemp)
     try:
         with _write_errors(path):
             yield tmp

@@ -47,6 +47,24 @@ def test_stale_temp_folders_of_a_killed_writer_are_removed_and_ignored_by_git(tm
         assert subprocess.run(["git", "check-ignore", "-q", temp], cwd=ROOT).returncode == 0, temp
 
 
+def test_a_live_writers_temp_file_is_left_alone(tmp_path):
+    """Two experiments can write one shared cache file at once: neither may delete the other's temp file
+    (which once failed a queued experiment with `cannot write`). A dead writer's temp file goes."""
+    live = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        mine, gone = tmp_path / f".cache.npz.{live.pid}.abc.tmp", tmp_path / f".cache.npz.{dead.pid}.def.tmp"
+        mine.write_bytes(b"being written")
+        gone.write_bytes(b"half")
+        io.write_bytes(tmp_path / "cache.npz", b"done")
+        assert mine.read_bytes() == b"being written" and not gone.exists()
+        assert (tmp_path / "cache.npz").read_bytes() == b"done"
+    finally:
+        live.kill()
+        live.wait()
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, mnist):
     return stage_workspace(tmp_path_factory.mktemp("ws"), mnist, {"tracking": {"enabled": False}})
