@@ -84,10 +84,10 @@ class TrainConfig(_Section):
 
     arch: str = Field("dcgan", description="seed (the original dense G + conv D) | dcgan | sngan (ResNet)")
     loss: str = Field("hinge", description="non-saturating | hinge | wgan-gp")
-    steps: PosInt = Field(4000, description="optimisation steps of D and G")
+    steps: PosInt = Field(8000, description="optimisation steps of D and G")
     batch_size: BatchSize = Field(64, description="real images per step of D and G, per process")
-    lr_g: PosFloat = Field(0.0004, description="Adam learning rate of G")
-    lr_d: PosFloat = Field(0.0004, description="Adam learning rate of D")
+    lr_g: PosFloat = Field(0.0006, description="Adam learning rate of G")
+    lr_d: PosFloat = Field(0.0006, description="Adam learning rate of D")
     betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = Field(
         [0.0, 0.9], description="Adam betas of both optimisers"
     )
@@ -124,7 +124,7 @@ class TrainConfig(_Section):
     sample_every: PosInt = Field(200, description="steps between fixed-noise grids (MLflow; the last is metrics/train_grid.png)")
     checkpoint_every: PosInt = Field(100, description="steps between checkpoints (models/checkpoint.pt, atomic)")
     eval_every: Annotated[int, Field(ge=0)] = Field(
-        500, description="steps between classifier-FID checks (metrics/fid_curve.tsv) that pick the best G (0: off)"
+        1000, description="steps between classifier-FID checks (metrics/fid_curve.tsv) that pick the best G (0: off)"
     )
     eval_samples: Annotated[int, Field(gt=0, le=50_000)] = Field(1000, description="samples per check")
 
