@@ -135,12 +135,15 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def code_hash(*entries: str | Path) -> str:
-    """A short hash of the sources in the closure of `entries` (paths and contents)."""
-    h = hashlib.sha256()
+    """A short hash of the sources in the closure of `entries` (names and contents, in the order of
+    their names: where the checkout or the installed package lies changes nothing)."""
+    named = {}
     for path in closure(*entries):
         try:
-            name = path.relative_to(SRC_DIR).as_posix()
+            named[path.relative_to(SRC_DIR).as_posix()] = path
         except ValueError:
-            name = path.name
-        h.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+            named[path.name] = path
+    h = hashlib.sha256()
+    for name in sorted(named):
+        h.update(name.encode() + b"\0" + named[name].read_bytes() + b"\0")
     return h.hexdigest()[:16]
