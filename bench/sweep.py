@@ -65,7 +65,7 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "lr6-w24": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.width": 24},
     "lr6-ema2k": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.ema": 2000.0},
     "lr6-decay": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.lr_decay": 0.2},
-    # round 4 (defined, not run yet): precision stays below 0.80 everywhere; candidates that may trade recall for it
+    # round 4: precision stays below 0.80 everywhere; candidates that might trade recall for it (none did)
     "lr6-ns": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.loss": "non-saturating"},
     "lr6-z32": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.z_dim": 32},
     "lr6-betas05": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.betas": [0.5, 0.9]},
