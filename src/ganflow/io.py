@@ -2,7 +2,8 @@
 
 A killed process leaves either the old file or the new one, never half of one; its temp files
 (`.<name>.<pid>.<random>.tmp`, beside the target, ignored by git) are removed by the next write of that
-target once their writer is gone (two experiments may write one shared cache file at the same time). Files get the permissions any other tool would give them (0666 / 0777 less the umask), and a
+target once their writer is gone (two experiments may write one shared cache file at the same time).
+Files get the permissions any other tool would give them (0666 / 0777 less the umask), and a
 failed write (disk full, file too large, read-only) is one GanflowError naming the file.
 """
 
@@ -32,11 +33,11 @@ def _umask() -> int:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
-        return True
+    except PermissionError:  # it exists, as another user's
+        pass
     return True
 
 
