@@ -70,9 +70,14 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "lr6-z32": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.z_dim": 32},
     "lr6-betas05": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.betas": [0.5, 0.9]},
     "lr6-ema10k": {"train.lr_g": 0.0006, "train.lr_d": 0.0006, "train.ema": 10000.0},
+    # round 7 (on the lr 6e-4 default): top-k training, G learning from the fakes D rates most real
+    "topk-50": {"train.topk": 0.5},
+    "topk-75": {"train.topk": 0.75},
+    "g48": {"train.width": 48, "train.d_width": 32},  # a wider G alone
+    "d48": {"train.d_width": 48},  # a wider D alone
 }
 # overrides that leave the work of a step unchanged: candidates differing only in these share a calibration
-SPEED_NEUTRAL = {"train.lr_g", "train.lr_d", "train.lr_decay", "train.betas", "train.ema", "train.ema_rampup"}
+SPEED_NEUTRAL = {"train.lr_g", "train.lr_d", "train.lr_decay", "train.betas", "train.ema", "train.ema_rampup", "train.topk"}
 RATES = ROOT / "bench" / "out" / "sweep_rates.json"  # steps/s per speed key, measured on this machine
 FIXED = {"train.resume": False, "tracking.experiment": EXPERIMENT, "tracking.registered_model": None}
 

@@ -2,6 +2,7 @@
 the CUDA graph on the CPU), the frozen D in the G step, channels_last, max_seconds, export.
 CUDA-only checks at the end are skipped without a GPU."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,12 +162,13 @@ class Killed(Exception):
     pass
 
 
-def test_lecam_lr_decay_and_ema_rampup_resume_exactly(mnist, tmp_path):
-    """LeCam's running means are loss state in the checkpoint; the decayed learning rate and the ramped
-    EMA half-life are functions of the step: a run killed after its step-10 checkpoint and resumed
-    equals the whole one, bit for bit."""
+def test_lecam_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
+    """LeCam's running means are loss state in the checkpoint; the decayed learning rate, the ramped
+    EMA half-life and the top-k count are functions of the step: a run killed after its step-10
+    checkpoint and resumed equals the whole one, bit for bit."""
     whole, split = tmp_path / "whole", tmp_path / "split"
-    knobs = {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05}
+    knobs = {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05, "topk": 0.5}
+    mnist = mnist.subset(np.arange(64))  # an epoch of 4 steps: the top-k count falls during the run
     a = train(mnist, whole, **knobs)
 
     def kill_at_10(metrics, step):  # reports run after that step's checkpoint
@@ -182,6 +184,10 @@ def test_lecam_lr_decay_and_ema_rampup_resume_exactly(mnist, tmp_path):
     assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()
     # constant for 10 steps, then falling linearly: the last of 20 steps runs at a tenth
     assert a.opt_g.param_groups[0]["lr"] == pytest.approx(a.cfg.lr_g / 10)
+    # the share of the batch that drives G falls by 1 % per epoch (an epoch: len(data) / batch steps)
+    assert a.keep.item() == b.keep.item() == round(16 * 0.99 ** (19 * 16 // 64)) == 15
+    a.schedule(10**6)
+    assert a.keep.item() == 8  # train.topk of the batch, at most
 
 
 def test_more_steps_start_afresh_when_the_learning_rate_decays(mnist, tmp_path):
@@ -198,7 +204,7 @@ ARCH_LOSS = [("seed", "non-saturating", "none", {}), ("dcgan", "hinge", "spectra
              ("sngan", "hinge", "spectral", {"conditional": True}),
              ("dcgan", "hinge", "spectral", {"augment": ["color", "translation", "cutout"]}),
              ("dcgan", "hinge", "spectral", {"channels_last": True}),
-             ("dcgan", "hinge", "spectral", {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05})]
+             ("dcgan", "hinge", "spectral", {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05, "topk": 0.5})]
 
 
 def cuda_train(mnist, out, **overrides):

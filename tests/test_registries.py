@@ -75,6 +75,27 @@ def test_hinge_and_non_saturating_values():
     assert ns == pytest.approx(expect, rel=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["dcgan", "sngan"])
+def test_d_width_sizes_d_alone(arch):
+    G, D = build(arch, NetConfig(28, 1, z_dim=8, width=8))
+    G2, D2 = build(arch, NetConfig(28, 1, z_dim=8, width=8, d_width=16))
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(G2) == count(G) and count(D2) > 2 * count(D)
+    assert D2(G2(torch.randn(2, 8))).shape == (2,)
+
+
+@pytest.mark.parametrize("name", ["hinge", "non-saturating"])
+def test_top_k_g_loss_counts_only_the_fakes_d_rates_most_real(name):
+    logits = torch.tensor([3.0, -1.0, 0.5, -4.0], requires_grad=True)
+    loss = losses.get(name)
+    top2 = loss.g_loss(lambda x, y: x, logits, keep=torch.tensor(2.0))
+    assert top2.item() == pytest.approx(loss.g_per_sample(torch.tensor([3.0, 0.5])).mean().item())
+    top2.backward()
+    assert (logits.grad[[1, 3]] == 0).all() and (logits.grad[[0, 2]] != 0).all()
+    every = loss.g_loss(lambda x, y: x, logits.detach(), keep=torch.tensor(4.0))
+    assert every.item() == pytest.approx(loss.g_loss(lambda x, y: x, logits.detach()).item())
+
+
 def test_mnist_5k_source_is_real_mnist():
     ds = load_source(PrepareConfig(), "unused")
     assert ds.images.shape == (5000, 1, 28, 28) and ds.images.dtype == np.uint8

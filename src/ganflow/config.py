@@ -92,7 +92,10 @@ class TrainConfig(_Section):
         [0.0, 0.9], description="Adam betas of both optimisers"
     )
     z_dim: Annotated[int, Field(gt=0, le=4096)] = Field(64, description="latent size")
-    width: Annotated[int, Field(gt=0, le=1024)] = Field(32, description="base channel width of G and D (arch seed uses its fixed 128-unit layers)")
+    width: Annotated[int, Field(gt=0, le=1024)] = Field(32, description="base channel width of G, and of D unless d_width is set (arch seed uses its fixed 128-unit layers)")
+    d_width: Annotated[int, Field(gt=0, le=1024)] | None = Field(
+        None, description="D's base channel width (null: train.width)"
+    )
     d_norm: Literal["spectral", "batch", "none"] = Field(
         "spectral", description="D's normalisation: spectral | batch (classic DCGAN) | none (for wgan-gp); sngan: always spectral"
     )
@@ -102,6 +105,9 @@ class TrainConfig(_Section):
     )
     lecam: Annotated[float, Field(ge=0)] = Field(
         0.0, description="weight of the LeCam regulariser on D's outputs (Tseng et al. 2021; 0: off)"
+    )
+    topk: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="top-k training: G learns from the fakes D rates most real, a share falling 1% per epoch to this (Sinha et al. 2020; 1: off)"
     )
     ema: Annotated[float, Field(ge=0)] = Field(
         5000.0, description="half-life of the moving average of G, in images (0: off); the EMA G is saved"

@@ -62,8 +62,18 @@ class Loss:
     def d_from_logits(self, r: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def g_loss(self, D: Disc, fake, y=None) -> torch.Tensor:
+    def g_per_sample(self, f: torch.Tensor) -> torch.Tensor:
+        """G's loss of each fake from D's logit on it; every loss here falls as the logit rises."""
         raise NotImplementedError
+
+    def g_loss(self, D: Disc, fake, y=None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """G's loss over the batch; with `keep` (a count, as a tensor so a CUDA graph replays any value),
+        over the `keep` fakes D rates most real only (top-k training, Sinha et al. 2020)."""
+        per = self.g_per_sample(D(fake, y))
+        if keep is None:
+            return per.mean()
+        ranked = per.flatten().sort().values  # lowest loss = highest logit first
+        return (ranked * (torch.arange(len(ranked), device=ranked.device) < keep)).sum() / keep
 
 
 LOSSES: Registry[type[Loss]] = Registry("loss")
@@ -75,8 +85,8 @@ class NonSaturating(Loss):
     def d_from_logits(self, r, f):
         return F.softplus(-r).mean() + F.softplus(f).mean()
 
-    def g_loss(self, D, fake, y=None):
-        return F.softplus(-D(fake, y)).mean()
+    def g_per_sample(self, f):
+        return F.softplus(-f)
 
 
 @LOSSES.register("hinge")
@@ -85,8 +95,8 @@ class Hinge(Loss):
     def d_from_logits(self, r, f):
         return F.relu(1 - r).mean() + F.relu(1 + f).mean()
 
-    def g_loss(self, D, fake, y=None):
-        return -D(fake, y).mean()
+    def g_per_sample(self, f):
+        return -f
 
 
 @LOSSES.register("wgan-gp")
@@ -104,8 +114,8 @@ class WGANGP(Loss):
         gp = (grad.flatten(1).norm(dim=1) - 1).square().mean()
         return f.mean() - r.mean() + self.gp_weight * gp + self.regulariser(r, f), r, f
 
-    def g_loss(self, D, fake, y=None):
-        return -D(fake, y).mean()
+    def g_per_sample(self, f):
+        return -f
 
 
 def get(name: str, lecam: float = 0.0, device: torch.device | str = "cpu") -> Loss:

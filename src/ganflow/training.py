@@ -106,6 +106,7 @@ class Trainer:
         n_classes = len(data.classes) if cfg.conditional else 0
         self.net_cfg = NetConfig(
             resolution=h, channels=c, z_dim=cfg.z_dim, width=cfg.width, d_norm=cfg.d_norm, n_classes=n_classes,
+            d_width=cfg.d_width or 0,
         )
         self.G, self.D = build(cfg.arch, self.net_cfg)
         self.levers.place(self.G, self.D)
@@ -119,6 +120,10 @@ class Trainer:
         # EMA of G's weights (copied after DDP made all ranks equal): per-step decay from a half-life in images
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema > 0 else None
         self.ema_weight = torch.zeros((), device=self.device)  # 1 - decay, set per step (a graph replays it)
+        # top-k training: how many fakes of a batch drive G's loss, set per step (None: all)
+        self.keep = torch.zeros((), device=self.device) if cfg.topk < 1 else None
+        self.n_images = len(data.images)
+        self._filled: dict[str, float] = {}  # the values last filled into those tensors (reading them back would sync)
         # the whole data set stays on the device as uint8; batches are index draws there
         self.images = torch.from_numpy(data.images).to(self.device)
         self.labels = torch.from_numpy(data.labels).to(self.device) if n_classes else None
@@ -234,18 +239,29 @@ class Trainer:
 
     def schedule(self, step: int) -> None:
         """Set what depends on the step about to run (0-based): the learning rates (constant, then
-        falling linearly towards 0 over the last train.lr_decay of the steps) and the EMA's decay (from its
-        half-life in images, ramped up over the first images when train.ema_rampup is on)."""
+        falling linearly towards 0 over the last train.lr_decay of the steps), the EMA's decay (from its
+        half-life in images, ramped up over the first images when train.ema_rampup is on) and the top-k
+        count (the whole batch times 0.99 per epoch, down to train.topk of it). Device tensors are filled
+        only when their value changes."""
         cfg = self.cfg
+        per_step = cfg.batch_size * self.dist.world_size
         if cfg.lr_decay:
             start = cfg.steps * (1 - cfg.lr_decay)
             scale = min(1.0, (cfg.steps - step) / (cfg.steps - start))
             for opt, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
                 self.levers.set_lr(opt, lr * scale)
         if self.G_ema is not None:
-            per_step = cfg.batch_size * self.dist.world_size
             half_life = min(cfg.ema, cfg.ema_rampup * step * per_step) if cfg.ema_rampup else cfg.ema
-            self.ema_weight.fill_(1.0 - 0.5 ** (per_step / half_life) if half_life > 0 else 1.0)
+            self._set("ema_weight", 1.0 - 0.5 ** (per_step / half_life) if half_life > 0 else 1.0)
+        if self.keep is not None:
+            epoch = step * per_step // self.n_images
+            self._set("keep", float(max(math.ceil(cfg.topk * cfg.batch_size), round(cfg.batch_size * 0.99**epoch))))
+
+    def _set(self, name: str, value: float) -> None:
+        """Fill the 0-d device tensor self.<name> with value, unless it holds it already."""
+        if self._filled.get(name) != value:
+            getattr(self, name).fill_(value)
+            self._filled[name] = value
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -291,7 +307,7 @@ class Trainer:
         # Update G: make D score G(z) as real (the last fake is reused when D steps once); D's weights
         # are frozen, so backward makes gradients for G's weights only
         with frozen(self.D), self.levers.autocast():
-            loss_g = self.loss.g_loss(self.D_frozen, fake, y)
+            loss_g = self.loss.g_loss(self.D_frozen, fake, y, self.keep)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()

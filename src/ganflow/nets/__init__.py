@@ -22,19 +22,25 @@ class NetConfig:
     resolution: int  # 28 | 32 | 64
     channels: int  # 1 | 3
     z_dim: int
-    width: int  # base channel width
+    width: int  # base channel width (of G, and of D unless d_width is set)
     d_norm: str = "spectral"  # D's normalisation: spectral | batch | none
     n_classes: int = 0  # > 0: class-conditional G and D
+    d_width: int = 0  # D's base channel width (0: width)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def disc_width(self) -> int:
+        return self.d_width or self.width
+
     def __post_init__(self):
         ints = {"resolution": self.resolution, "channels": self.channels, "z_dim": self.z_dim, "width": self.width,
-                "n_classes": self.n_classes}
+                "n_classes": self.n_classes, "d_width": self.d_width}
         for name, v in ints.items():
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "n_classes" else 1):
-                raise ValueError(f"net {name} must be a {'non-negative' if name == 'n_classes' else 'positive'} integer, got {v!r}")
+            zero_ok = name in ("n_classes", "d_width")
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if zero_ok else 1):
+                raise ValueError(f"net {name} must be a {'non-negative' if zero_ok else 'positive'} integer, got {v!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"net channels must be 1 or 3, got {self.channels}")
         up_plan(self.resolution)

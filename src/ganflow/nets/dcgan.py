@@ -41,7 +41,7 @@ class Discriminator(nn.Module):
         super().__init__()
         self.cfg = cfg
         base, k = up_plan(cfg.resolution)
-        (s, bn), ch = d_norms(cfg), cfg.width
+        (s, bn), ch = d_norms(cfg), cfg.disc_width
         layers = [sn(nn.Conv2d(cfg.channels, ch, 4, 2, 1), s), nn.LeakyReLU(0.2)]
         for _ in range(k - 1):
             layers += [sn(nn.Conv2d(ch, ch * 2, 4, 2, 1), s)] + ([nn.BatchNorm2d(ch * 2)] if bn else []) + [nn.LeakyReLU(0.2)]

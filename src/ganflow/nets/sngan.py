@@ -63,7 +63,7 @@ class Discriminator(nn.Module):
         super().__init__()
         self.cfg = cfg
         _, k = up_plan(cfg.resolution)
-        ch, s = 2 * cfg.width, True  # spectral norm is what makes this SNGAN: always on
+        ch, s = 2 * cfg.disc_width, True  # spectral norm is what makes this SNGAN: always on
         self.blocks = nn.Sequential(*(DownBlock(cfg.channels if i == 0 else ch, ch, s, i == 0) for i in range(k)))
         self.head = Projection(ch, cfg.n_classes, s)
 
