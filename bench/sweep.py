@@ -78,6 +78,10 @@ CANDIDATES: dict[str, dict[str, object]] = {
     # round 8 (full budget): D costs most of a step, so a narrower D buys a wider G
     "g48-d24": {"train.width": 48, "train.d_width": 24},
     "g64-d24": {"train.width": 64, "train.d_width": 24},
+    # round 9 (full budget): lazy R1, and conditional training with the pooled projection head
+    "r1": {"train.r1": 10.0},
+    "cond": {"train.conditional": True},
+    "cond-r1": {"train.conditional": True, "train.r1": 10.0},
 }
 # overrides that leave the work of a step unchanged: candidates differing only in these share a calibration
 SPEED_NEUTRAL = {"train.lr_g", "train.lr_d", "train.lr_decay", "train.betas", "train.ema", "train.ema_rampup", "train.topk"}

@@ -162,12 +162,12 @@ class Killed(Exception):
     pass
 
 
-def test_lecam_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
+def test_lecam_r1_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
     """LeCam's running means are loss state in the checkpoint; the decayed learning rate, the ramped
-    EMA half-life and the top-k count are functions of the step: a run killed after its step-10
-    checkpoint and resumed equals the whole one, bit for bit."""
+    EMA half-life, the top-k count and the lazy R1 steps are functions of the step: a run killed after
+    its step-10 checkpoint and resumed equals the whole one, bit for bit."""
     whole, split = tmp_path / "whole", tmp_path / "split"
-    knobs = {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05, "topk": 0.5}
+    knobs = {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05, "topk": 0.5, "r1": 1.0, "r1_every": 3}
     mnist = mnist.subset(np.arange(64))  # an epoch of 4 steps: the top-k count falls during the run
     a = train(mnist, whole, **knobs)
 
@@ -188,6 +188,10 @@ def test_lecam_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
     assert a.keep.item() == b.keep.item() == round(16 * 0.99 ** (19 * 16 // 64)) == 15
     a.schedule(10**6)
     assert a.keep.item() == 8  # train.topk of the batch, at most
+    # the lazy R1 steps ran: without them, the same run ends elsewhere
+    c = train(mnist, tmp_path / "no-r1", **{**knobs, "r1": 0.0})
+    assert (whole / "generator.pt").read_bytes() != (tmp_path / "no-r1" / "generator.pt").read_bytes()
+    assert not torch.equal(a.D.state_dict()["head.linear.bias"], c.D.state_dict()["head.linear.bias"])
 
 
 def test_more_steps_start_afresh_when_the_learning_rate_decays(mnist, tmp_path):
@@ -204,7 +208,8 @@ ARCH_LOSS = [("seed", "non-saturating", "none", {}), ("dcgan", "hinge", "spectra
              ("sngan", "hinge", "spectral", {"conditional": True}),
              ("dcgan", "hinge", "spectral", {"augment": ["color", "translation", "cutout"]}),
              ("dcgan", "hinge", "spectral", {"channels_last": True}),
-             ("dcgan", "hinge", "spectral", {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05, "topk": 0.5})]
+             ("dcgan", "hinge", "spectral", {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05, "topk": 0.5}),
+             ("dcgan", "hinge", "spectral", {"r1": 1.0, "r1_every": 4, "d_width": 16, "conditional": True})]
 
 
 def cuda_train(mnist, out, **overrides):

@@ -75,6 +75,24 @@ def test_hinge_and_non_saturating_values():
     assert ns == pytest.approx(expect, rel=1e-6)
 
 
+def test_r1_penalty_is_half_the_mean_squared_gradient_on_real_images():
+    w = torch.randn(1, 1, 28, 28, requires_grad=True)
+    D = lambda x, y: (w * x).sum((1, 2, 3))  # noqa: E731 - ∇ₓD = w for every image
+    penalty = losses.Loss.r1_penalty(D, torch.rand(4, 1, 28, 28))
+    assert penalty.item() == pytest.approx(w.square().sum().item() / 2, rel=1e-5)
+    penalty.backward()  # it reaches D's weights: d/dw of ½‖w‖² is w
+    assert torch.allclose(w.grad, w.detach(), atol=1e-5)
+
+
+def test_dcgan_projection_reads_classes_from_pooled_channels():
+    D = build("dcgan", NetConfig(28, 1, z_dim=8, width=8, n_classes=10))[1].eval()  # eval: no power iteration per call
+    assert D.head.embed.weight.shape == (10, 16)  # one direction per class in D's last 16 channels
+    x, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    h = D.body(x)
+    want = D.head.linear(h.flatten(1)).squeeze(1) + (D.head.embed(y) * h.sum((2, 3))).sum(1)
+    assert torch.allclose(D(x, y), want, atol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["dcgan", "sngan"])
 def test_d_width_sizes_d_alone(arch):
     G, D = build(arch, NetConfig(28, 1, z_dim=8, width=8))

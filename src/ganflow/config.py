@@ -106,6 +106,10 @@ class TrainConfig(_Section):
     lecam: Annotated[float, Field(ge=0)] = Field(
         0.0, description="weight of the LeCam regulariser on D's outputs (Tseng et al. 2021; 0: off)"
     )
+    r1: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="weight γ of the R1 penalty γ/2·E‖∇D(x)‖² on real images (Mescheder et al. 2018; 0: off)"
+    )
+    r1_every: PosInt = Field(16, description="steps between lazy R1 steps, each weighted γ·r1_every (StyleGAN2: 16; 1: every step)")
     topk: Annotated[float, Field(gt=0, le=1)] = Field(
         1.0, description="top-k training: G learns from the fakes D rates most real, a share falling 1% per epoch to this (Sinha et al. 2020; 1: off)"
     )

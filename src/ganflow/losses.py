@@ -54,6 +54,13 @@ class Loss:
         """Added to every D loss: LeCam when on."""
         return self.lecam(r, f) if self.lecam else 0.0
 
+    @staticmethod
+    def r1_penalty(D: Disc, real: torch.Tensor, y=None) -> torch.Tensor:
+        """R1 (Mescheder et al. 2018) without its weight: ½·E‖∇ₓD(x)‖² over real images x."""
+        real = real.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(D(real, y).float().sum(), real, create_graph=True)
+        return grad.float().square().flatten(1).sum(1).mean() / 2
+
     def d_loss(self, D: Disc, real, fake, y=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (loss, logits on real, logits on fake)."""
         r, f = D(real, y), D(fake, y)

@@ -315,6 +315,17 @@ class Trainer:
         d_x, d_g_z = (torch.sigmoid(logit.detach().float()).mean() for logit in (logit_r, logit_f))
         return torch.stack([loss_d.detach().float(), loss_g.detach().float(), d_x, d_g_z])
 
+    def r1_step(self) -> None:
+        """Lazy R1 (Karras et al. 2020): every train.r1_every steps, one extra D step on the penalty
+        alone, weighted r1 · r1_every so that it weighs as much as a penalty in every step. Eager, also
+        between the replays of a captured step: it updates the same weights and optimiser state."""
+        real, y = self.real_batch()
+        with self.levers.autocast():
+            penalty = self.loss.r1_penalty(self.D_aug, real, y)
+        self.opt_d.zero_grad(set_to_none=True)
+        (penalty * (self.cfg.r1 * self.cfg.r1_every)).backward()
+        self.opt_d.step()
+
     # -- periodic jobs -----------------------------------------------------------------------
     @torch.no_grad()
     def grid(self) -> torch.Tensor:
@@ -379,6 +390,8 @@ class Trainer:
                 self.schedule(st.step)
                 meter.add(step())
                 st.step += 1
+                if self.cfg.r1 and st.step % self.cfg.r1_every == 0:
+                    self.r1_step()
                 bar.update(1)
                 last = st.step == cfg.steps or (max_seconds is not None and clock.seconds() > max_seconds)
                 reports: list[Report] = []

@@ -105,19 +105,22 @@ class CondBatchNorm(nn.Module):
 
 
 class Projection(nn.Module):
-    """Projection discriminator head (Miyato & Koyama 2018): linear(h) + <embed(y), h>."""
+    """Projection discriminator head (Miyato & Koyama 2018): linear(h) + <embed(y), pool(h)>.
+    h is N×F, or an N×C×H×W feature map: the linear term then reads it flattened (F = C·H·W) and the
+    class term its sum over positions (C wide), as in the paper: a class is one direction in channel
+    space, not a template per position."""
 
-    def __init__(self, features: int, n_classes: int, spectral_norm: bool):
+    def __init__(self, features: int, n_classes: int, spectral_norm: bool, channels: int | None = None):
         super().__init__()
         self.linear = sn(nn.Linear(features, 1), spectral_norm)
-        self.embed = sn(nn.Embedding(n_classes, features), spectral_norm) if n_classes else None
+        self.embed = sn(nn.Embedding(n_classes, channels or features), spectral_norm) if n_classes else None
 
     def forward(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.linear(h).squeeze(1)
+        out = self.linear(h.flatten(1)).squeeze(1)
         if self.embed is not None:
             if y is None:
                 raise ValueError("a class-conditional discriminator needs class labels y")
-            out = out + (self.embed(y) * h).sum(1)
+            out = out + (self.embed(y) * (h.sum((2, 3)) if h.dim() == 4 else h)).sum(1)
         return out
 
 

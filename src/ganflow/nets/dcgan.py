@@ -46,8 +46,8 @@ class Discriminator(nn.Module):
         for _ in range(k - 1):
             layers += [sn(nn.Conv2d(ch, ch * 2, 4, 2, 1), s)] + ([nn.BatchNorm2d(ch * 2)] if bn else []) + [nn.LeakyReLU(0.2)]
             ch *= 2
-        self.body = nn.Sequential(*layers, nn.Flatten())
-        self.head = Projection(ch * base * base, cfg.n_classes, s)
+        self.body = nn.Sequential(*layers)
+        self.head = Projection(ch * base * base, cfg.n_classes, s, channels=ch)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         r = self.cfg.resolution
