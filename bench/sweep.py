@@ -116,6 +116,7 @@ def step_timer(overrides: dict[str, object], images) -> Callable[[float], float]
         t.schedule(t.state.step)
         t.train_step()
         t.state.step += 1
+        t.after_step()
 
     def steps_per_second(seconds: float) -> float:
         n, t0 = 0, time.perf_counter()
@@ -159,8 +160,8 @@ def queue(a: argparse.Namespace) -> None:
     recipes = {name: {**CANDIDATES[name], **{k: yaml.safe_load(v) for k, v in sets.items()}} for name in names}
     speed_key = {name: speed(o) for name, o in recipes.items()}
     # rates measured once per machine are kept, so later rounds give a recipe the same steps as earlier ones
-    rates = json.loads(RATES.read_text()) if RATES.exists() and not a.recalibrate else {}
-    missing = {speed_key[name]: recipes[name] for name in names if speed_key[name] not in rates}
+    rates = json.loads(RATES.read_text()) if RATES.exists() else {}
+    missing = {speed_key[name]: recipes[name] for name in names if a.recalibrate or speed_key[name] not in rates}
     rates.update(calibrate(missing, images) if missing else {})
     RATES.parent.mkdir(parents=True, exist_ok=True)
     RATES.write_text(json.dumps(rates, indent=1, sort_keys=True) + "\n")

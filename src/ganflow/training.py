@@ -315,6 +315,11 @@ class Trainer:
         d_x, d_g_z = (torch.sigmoid(logit.detach().float()).mean() for logit in (logit_r, logit_f))
         return torch.stack([loss_d.detach().float(), loss_g.detach().float(), d_x, d_g_z])
 
+    def after_step(self) -> None:
+        """What follows a step, outside of it (a captured step stays one graph): a lazy R1 step when due."""
+        if self.cfg.r1 and self.state.step % self.cfg.r1_every == 0:
+            self.r1_step()
+
     def r1_step(self) -> None:
         """Lazy R1 (Karras et al. 2020): every train.r1_every steps, one extra D step on the penalty
         alone, weighted r1 · r1_every so that it weighs as much as a penalty in every step. Eager, also
@@ -390,8 +395,7 @@ class Trainer:
                 self.schedule(st.step)
                 meter.add(step())
                 st.step += 1
-                if self.cfg.r1 and st.step % self.cfg.r1_every == 0:
-                    self.r1_step()
+                self.after_step()
                 bar.update(1)
                 last = st.step == cfg.steps or (max_seconds is not None and clock.seconds() > max_seconds)
                 reports: list[Report] = []
