@@ -169,7 +169,7 @@ def queue(a: argparse.Namespace) -> None:
         for name in names:
             overrides, rate = recipes[name], rates[speed_key[name]]
             steps = max(100, round(rate * a.budget / 100) * 100)
-            exp = f"{a.prefix}-{name}" + (f"-seed{seed}" if len(a.seeds) > 1 else "")
+            exp = f"{a.prefix}-{name}" + (f"-seed{seed}" if len(a.seeds) > 1 or seed else "")
             flags = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                      for k, v in {**overrides, **FIXED, "train.steps": steps, "seed": seed}.items()]
             dvc("exp", "run", "--queue", "-f", "-n", exp, *(x for f in flags for x in ("-S", f)))
@@ -190,9 +190,9 @@ def report(a: argparse.Namespace) -> None:
     runs = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list", order_by=["start_time ASC"],
                               filter_string=f"tags.`dvc.exp_name` LIKE '{a.prefix}-%'")
     rows: dict[str, dict] = {}
-    for run in runs:  # later runs of the same experiment name replace earlier ones
-        exp = run.data.tags["dvc.exp_name"]
-        row = rows.setdefault(exp, {})
+    for run in runs:  # later runs of the same experiment name and seed replace earlier ones
+        exp, seed = run.data.tags["dvc.exp_name"], run.data.params.get("seed", "0")
+        row = rows.setdefault(exp if seed == "0" or exp.endswith(f"-seed{seed}") else f"{exp}-seed{seed}", {})
         if "train_seconds" in run.data.metrics:
             row.clear()
         row.update(run.data.metrics)

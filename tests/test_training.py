@@ -138,6 +138,17 @@ def test_conditional_needs_labels(mnist):
     unlabelled = ImageSet(mnist.images, None, [])
     with pytest.raises(GanflowError, match="train.conditional is true, but the prepared data has no labels"):
         Trainer(parse_params({"train": {**TINY_TRAIN, "conditional": True}}), unlabelled, "x")
+    with pytest.raises(GanflowError, match="train.conditional is true, but arch seed is unconditional"):
+        Trainer(parse_params({"train": {**TINY_TRAIN, "arch": "seed", "conditional": True}}), mnist, "x")
+
+
+@pytest.mark.parametrize("arch, labelled, classes", [("dcgan", True, 10), ("sngan", True, 10), ("dcgan", False, 0), ("seed", True, 0)])
+def test_conditional_auto_follows_the_labels_and_the_arch(mnist, arch, labelled, classes):
+    from ganflow.data import ImageSet
+
+    data = mnist if labelled else ImageSet(mnist.images, None, [])
+    t = Trainer(parse_params({"train": {**TINY_TRAIN, "arch": arch, "conditional": "auto"}}), data, "x")
+    assert t.net_cfg.n_classes == classes and t.G.cfg.n_classes == classes
 
 
 def test_fid_checks_do_not_change_training(mnist, tmp_path):

@@ -84,7 +84,7 @@ class TrainConfig(_Section):
 
     arch: str = Field("dcgan", description="seed (the original dense G + conv D) | dcgan | sngan (ResNet)")
     loss: str = Field("hinge", description="non-saturating | hinge | wgan-gp")
-    steps: PosInt = Field(8000, description="optimisation steps of D and G")
+    steps: PosInt = Field(7000, description="optimisation steps of D and G")
     batch_size: BatchSize = Field(64, description="real images per step of D and G, per process")
     lr_g: PosFloat = Field(0.0006, description="Adam learning rate of G")
     lr_d: PosFloat = Field(0.0006, description="Adam learning rate of D")
@@ -99,7 +99,9 @@ class TrainConfig(_Section):
     d_norm: Literal["spectral", "batch", "none"] = Field(
         "spectral", description="D's normalisation: spectral | batch (classic DCGAN) | none (for wgan-gp); sngan: always spectral"
     )
-    conditional: bool = Field(False, description="class-conditional G (conditional BN) and D (projection); needs labelled data")
+    conditional: Literal["auto"] | bool = Field(
+        "auto", description="class-conditional G (conditional BN) and D (projection): auto (when the data has labels and the arch takes classes) | true | false"
+    )
     lr_decay: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="fraction of the last steps over which both learning rates fall linearly to 0 (0: constant)"
     )
@@ -107,7 +109,7 @@ class TrainConfig(_Section):
         0.0, description="weight of the LeCam regulariser on D's outputs (Tseng et al. 2021; 0: off)"
     )
     r1: Annotated[float, Field(ge=0)] = Field(
-        0.0, description="weight γ of the R1 penalty γ/2·E‖∇D(x)‖² on real images (Mescheder et al. 2018; 0: off)"
+        10.0, description="weight γ of the R1 penalty γ/2·E‖∇D(x)‖² on real images (Mescheder et al. 2018; 0: off)"
     )
     r1_every: PosInt = Field(16, description="steps between lazy R1 steps, each weighted γ·r1_every (StyleGAN2: 16; 1: every step)")
     topk: Annotated[float, Field(gt=0, le=1)] = Field(

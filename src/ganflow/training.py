@@ -21,12 +21,12 @@ from ganflow import GanflowError, accel, augment, checkpoint, deps, losses, prog
 from ganflow.data import ImageSet
 from ganflow.distributed import SINGLE, Dist, all_mean, gather
 from ganflow.generator import serving_model
-from ganflow.nets import NetConfig, build
+from ganflow.nets import NetConfig, build, takes_classes
 from ganflow.outputs import TrainOutputs
 from ganflow.pixels import to_float, to_uint8
 
 if TYPE_CHECKING:
-    from ganflow.config import Params
+    from ganflow.config import Params, TrainConfig
 
 log = logging.getLogger("ganflow.train")
 
@@ -101,9 +101,7 @@ class Trainer:
         _, c, h, _ = data.images.shape
         if cfg.batch_size > len(data.images):
             raise GanflowError(f"train.batch_size {cfg.batch_size} is larger than the prepared data ({len(data.images)} images)")
-        if cfg.conditional and data.labels is None:
-            raise GanflowError("train.conditional is true, but the prepared data has no labels (use class sub-folders)")
-        n_classes = len(data.classes) if cfg.conditional else 0
+        n_classes = len(data.classes) if self.conditional(cfg, data) else 0
         self.net_cfg = NetConfig(
             resolution=h, channels=c, z_dim=cfg.z_dim, width=cfg.width, d_norm=cfg.d_norm, n_classes=n_classes,
             d_width=cfg.d_width or 0,
@@ -231,6 +229,17 @@ class Trainer:
     def export_generator(self) -> tuple[torch.nn.Module, np.ndarray]:
         """A CPU copy of the evaluated generator in eval mode behind one input tensor, and an input example."""
         return serving_model(self.generator_dict())
+
+    @staticmethod
+    def conditional(cfg: TrainConfig, data: ImageSet) -> bool:
+        """train.conditional resolved: auto is on when the data has labels and the arch takes classes."""
+        if cfg.conditional == "auto":
+            return data.labels is not None and takes_classes(cfg.arch)
+        if cfg.conditional and data.labels is None:
+            raise GanflowError("train.conditional is true, but the prepared data has no labels (use class sub-folders)")
+        if cfg.conditional and not takes_classes(cfg.arch):
+            raise GanflowError(f"train.conditional is true, but arch {cfg.arch} is unconditional")
+        return cfg.conditional
 
     @property
     def G_eval(self) -> torch.nn.Module:

@@ -55,6 +55,11 @@ def build(arch: str, cfg: NetConfig) -> tuple[nn.Module, nn.Module]:
     return ARCHS.get(arch)(cfg)
 
 
+def takes_classes(arch: str) -> bool:
+    """Whether the architecture builds class-conditional nets (n_classes > 0)."""
+    return getattr(ARCHS.get(arch), "takes_classes", True)
+
+
 def parameter_count(arch: str, cfg: NetConfig) -> int:
     """G's parameter count, found without allocating any memory (built on the meta device)."""
     with torch.device("meta"):

@@ -47,4 +47,9 @@ class ConvDiscriminator(nn.Module):
 
 @ARCHS.register("seed")
 def build(cfg: NetConfig) -> tuple[nn.Module, nn.Module]:
+    if cfg.n_classes:
+        raise ValueError("arch seed (the original design) is unconditional")
     return DenseGenerator(cfg), ConvDiscriminator(cfg)
+
+
+build.takes_classes = False
