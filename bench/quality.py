@@ -115,13 +115,13 @@ def train_reference(images: np.ndarray, budget: float, device: torch.device, see
 def ganflow_entries(default_train: dict) -> dict[str, dict]:
     return {
         "b seed (original)": {"arch": "seed", "loss": "non-saturating", "d_norm": "none", "betas": [0.5, 0.999], "ema": 0.0,
-                              "z_dim": 100, "augment": []},
+                              "z_dim": 100, "augment": [], "r1": 0.0},
         "c dcgan (classic)": {"arch": "dcgan", "loss": "non-saturating", "d_norm": "batch", "betas": [0.5, 0.999],
-                              "width": 64, "ema": 0.0, "conditional": False, "augment": []},
+                              "width": 64, "ema": 0.0, "conditional": False, "augment": [], "r1": 0.0},
         "c sngan": {"arch": "sngan", "loss": "hinge", "d_norm": "spectral", "betas": [0.0, 0.9], "width": 32,
-                    "conditional": False},
+                    "conditional": False, "r1": 0.0},
         "c wgan-gp": {"arch": "dcgan", "loss": "wgan-gp", "d_norm": "none", "betas": [0.0, 0.9], "lr_g": 1e-4, "lr_d": 1e-4,
-                      "conditional": False},
+                      "conditional": False, "r1": 0.0},
         "d ganflow default": {},
     }
 

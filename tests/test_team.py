@@ -78,7 +78,7 @@ def test_sample_from_a_generator_file_and_from_a_registered_model(tmp_path, mnis
     t = tracking.Tracker(TrackingConfig())
     t.start()
     model, example = trainer.export_generator()
-    t.log_model(model, example, metadata={"z_dim": 16, "n_classes": 0})
+    t.log_model(model, example, metadata={"z_dim": 16, "n_classes": trainer.net_cfg.n_classes})  # conditional: auto
     t.end()
     version = MlflowClient().search_model_versions(f"name='{MODEL}'")[0].version
     main(["sample", "--model", f"models:/{MODEL}/{version}", "-n", "20", "--out", str(tmp_path / "b.png")])

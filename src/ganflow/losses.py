@@ -56,10 +56,12 @@ class Loss:
 
     @staticmethod
     def r1_penalty(D: Disc, real: torch.Tensor, y=None) -> torch.Tensor:
-        """R1 (Mescheder et al. 2018) without its weight: ½·E‖∇ₓD(x)‖² over real images x."""
+        """R1 (Mescheder et al. 2018) without its weight: ½·E‖∇ₓD(x)‖² over real images x. Plus 0·D(x):
+        the gradient on x misses D's last bias, and DDP wants a gradient for every parameter."""
         real = real.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(D(real, y).float().sum(), real, create_graph=True)
-        return grad.float().square().flatten(1).sum(1).mean() / 2
+        logits = D(real, y).float()
+        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+        return grad.float().square().flatten(1).sum(1).mean() / 2 + 0 * logits.mean()
 
     def d_loss(self, D: Disc, real, fake, y=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (loss, logits on real, logits on fake)."""

@@ -204,7 +204,6 @@ class Trainer:
         prev = path.with_name(f"{path.stem}.prev{path.suffix}")
         if self.dist.main:
             os.replace(path, prev)
-        log.warning("checkpoint %s %s: starting fresh; the old one is kept as %s", path, why, prev)
         return f"checkpoint {path} {why}: starting fresh (kept as {prev})"
 
     def save_checkpoint(self, outputs: TrainOutputs) -> None:
