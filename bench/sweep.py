@@ -82,6 +82,8 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "r1": {"train.r1": 10.0},
     "cond": {"train.conditional": True},
     "cond-r1": {"train.conditional": True, "train.r1": 10.0},
+    # round 10: DiffAugment at the full budget, on the round-9 winner
+    "cond-r1-diffaug": {"train.conditional": True, "train.r1": 10.0, "train.augment": ["translation", "cutout"]},
 }
 # overrides that leave the work of a step unchanged: candidates differing only in these share a calibration
 SPEED_NEUTRAL = {"train.lr_g", "train.lr_d", "train.lr_decay", "train.betas", "train.ema", "train.ema_rampup", "train.topk"}
