@@ -194,6 +194,20 @@ def test_lecam_r1_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
     assert not torch.equal(a.D.state_dict()["head.linear.bias"], c.D.state_dict()["head.linear.bias"])
 
 
+def test_lazy_r1_runs_under_torch_compile(mnist):
+    """torch.compile cannot differentiate twice (R1 differentiates D's input gradient): the R1 step calls
+    D's view uncompiled, the D+G step the compiled one."""
+    t = Trainer(parse_params({"train": {**TINY_TRAIN, "compile": True, "r1": 1.0, "r1_every": 2}}), mnist, "x")
+    compiled = torch._dynamo.eval_frame.OptimizedModule
+    assert isinstance(t.D_aug, compiled) and not isinstance(t.D_r1, compiled) and t.D_r1 is t.D
+    for step in range(2):
+        t.schedule(step)
+        t.train_step()
+        t.state.step += 1
+        t.after_step()  # the R1 step at step 2
+    t.check_finite_weights()
+
+
 def test_more_steps_start_afresh_when_the_learning_rate_decays(mnist, tmp_path):
     train(mnist, tmp_path, steps=10, lr_decay=0.5)
     assert train(mnist, tmp_path, steps=20, lr_decay=0.5).resumed is None  # its schedule changed

@@ -113,14 +113,16 @@ class Trainer:
         self.loss = losses.get(cfg.loss, cfg.lecam, self.device)
         # the views a step calls (DDP, compile); D as the losses see it: DiffAugment on every input
         self.G_step = self.levers.for_step(self.G)
-        self.D_aug = augment.wrap(self.levers.for_step(self.D), cfg.augment)
+        D_view = self.levers.for_step(self.D)
+        self.D_aug = augment.wrap(D_view, cfg.augment)
+        # lazy R1 differentiates D's input gradient again, which torch.compile cannot: its D is the uncompiled view
+        self.D_r1 = augment.wrap(getattr(D_view, "_orig_mod", D_view), cfg.augment)
         self.D_frozen = augment.wrap(self.levers.for_frozen(self.D), cfg.augment)  # D during the G step
         # EMA of G's weights (copied after DDP made all ranks equal): per-step decay from a half-life in images
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema > 0 else None
         self.ema_weight = torch.zeros((), device=self.device)  # 1 - decay, set per step (a graph replays it)
         # top-k training: how many fakes of a batch drive G's loss, set per step (None: all)
         self.keep = torch.zeros((), device=self.device) if cfg.topk < 1 else None
-        self.n_images = len(data.images)
         self._filled: dict[str, float] = {}  # the values last filled into those tensors (reading them back would sync)
         # the whole data set stays on the device as uint8; batches are index draws there
         self.images = torch.from_numpy(data.images).to(self.device)
@@ -262,7 +264,7 @@ class Trainer:
             half_life = min(cfg.ema, cfg.ema_rampup * step * per_step) if cfg.ema_rampup else cfg.ema
             self._set("ema_weight", 1.0 - 0.5 ** (per_step / half_life) if half_life > 0 else 1.0)
         if self.keep is not None:
-            epoch = step * per_step // self.n_images
+            epoch = step * per_step // len(self.images)
             self._set("keep", float(max(math.ceil(cfg.topk * cfg.batch_size), round(cfg.batch_size * 0.99**epoch))))
 
     def _set(self, name: str, value: float) -> None:
@@ -334,7 +336,7 @@ class Trainer:
         between the replays of a captured step: it updates the same weights and optimiser state."""
         real, y = self.real_batch()
         with self.levers.autocast():
-            penalty = self.loss.r1_penalty(self.D_aug, real, y)
+            penalty = self.loss.r1_penalty(self.D_r1, real, y)
         self.opt_d.zero_grad(set_to_none=True)
         (penalty * (self.cfg.r1 * self.cfg.r1_every)).backward()
         self.opt_d.step()
