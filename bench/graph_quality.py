@@ -51,9 +51,9 @@ def main() -> None:
             t = Trainer(params, ds, meta["sha256"])
             out = Path(tempfile.mkdtemp())
             t0 = time.perf_counter()
-            s = t.run(TrainOutputs(TrainPaths(out / "g.pt", out / "c.pt", out / "log.tsv", out / "grid.png")))
+            s = t.run(TrainOutputs(TrainPaths.under(out)))
             seconds = time.perf_counter() - t0
-            x = generate(t.G_eval.eval(), 1, 0, a.n, device).numpy()
+            x = generate(t.gs.G_eval.eval(), 1, 0, a.n, device).numpy()
             real = metrics.real_features(ds.images, "classifier", a.evaluator, params.evaluate, device).emb
             fid = metrics.fid(metrics.extract(x, "classifier", a.evaluator, params.evaluate, device).emb, real)
             results.setdefault(mode, []).append(fid)

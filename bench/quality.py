@@ -132,8 +132,8 @@ def train_ganflow(overrides: dict, default_train: dict, ds, sha: str, budget: fl
     params = parse_params({"train": train})
     seed_everything(params.seed, select_device(device))
     t = Trainer(params, ds, sha)
-    s = t.run(TrainOutputs(TrainPaths(out / "g.pt", out / "ckpt.pt", out / "log.tsv", out / "progress.png")), max_seconds=budget)
-    return t.G_eval.eval(), t.state.step, s["train_img_per_s"]
+    s = t.run(TrainOutputs(TrainPaths.under(out)), max_seconds=budget)
+    return t.gs.G_eval.eval(), t.state.step, s["train_img_per_s"]
 
 
 def main() -> None:

@@ -51,9 +51,9 @@ def main() -> None:
         t = Trainer(parse_params({"train": train}), ds, sha)
         out = tmp / label.replace(" ", "").replace("×", "x")
         t0 = time.perf_counter()
-        t.run(TrainOutputs(TrainPaths(out / "g.pt", out / "c.pt", out / "log.tsv", out / "grid.png")))
+        t.run(TrainOutputs(TrainPaths.under(out)))
         t_train = time.perf_counter() - t0
-        G = t.G_eval.eval()
+        G = t.gs.G_eval.eval()
         t0 = time.perf_counter()
         write_samples(G, out / "samples", n, 1, 512)
         t_sample = time.perf_counter() - t0

@@ -32,9 +32,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ganflow import accel, data, evaluator  # noqa: E402
+from ganflow import accel, data  # noqa: E402
 from ganflow.config import parse_params  # noqa: E402
-from ganflow.training import Trainer  # noqa: E402
+from ganflow.training import Trainer, training_set  # noqa: E402
 
 EXPERIMENT = "sweep"
 # name -> overrides of params.yaml (the issue's list of candidates; "base" is params.yaml as it is)
@@ -112,13 +112,12 @@ def step_timer(overrides: dict[str, object], images) -> Callable[[float], float]
     """A trainer of this recipe (warmed up by 5 steps) and a function timing its steps for `seconds`."""
     params = parse_params(params_with(overrides))
     accel.seed_everything(params.seed, accel.select_device(params.train.device))
-    t = Trainer(params, images, "calibration")
+    gs = Trainer(params, images, "calibration").gs
+    stepper, done = gs.stepper(), [0]
 
-    def step() -> None:
-        t.schedule(t.state.step)
-        t.train_step()
-        t.state.step += 1
-        t.after_step()
+    def step() -> None:  # the loop's one step: schedule, step, lazy phases
+        gs.advance(done[0], stepper)
+        done[0] += 1
 
     def steps_per_second(seconds: float) -> float:
         n, t0 = 0, time.perf_counter()
@@ -145,10 +144,7 @@ def calibrate(recipes: dict[str, dict[str, object]], images, rounds: int = 5, se
 
 def training_split():
     """The images the train stage trains on: the prepared data less the evaluator's held-out split."""
-    ds, meta = data.load_prepared(ROOT / "data" / "prepared")
-    _, info = evaluator.load(ROOT / "models" / "evaluator.pt")
-    _, seen = evaluator.reference_split(info, ROOT / "models" / "evaluator.pt", meta["sha256"], len(ds.images))
-    return ds.subset(seen)
+    return training_set(*data.load_prepared(ROOT / "data" / "prepared"), ROOT / "models" / "evaluator.pt")
 
 
 def dvc(*args: str) -> str:

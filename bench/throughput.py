@@ -89,13 +89,20 @@ def reference_step_fn(resolution: int, batch: int, device: torch.device, data: t
 
 
 def ganflow_step_fn(resolution: int, batch: int, device: torch.device, images: np.ndarray, levers: dict, graph: bool):
-    """ganflow's step as its loop calls it: eager, or captured as one CUDA graph at the first call."""
+    """ganflow's step as its loop calls it (GanStep.advance: schedule, the D+G step, lazy phases): the
+    D+G step eager, or captured as one CUDA graph at the first call."""
     train = {"arch": "dcgan", "loss": "non-saturating", "d_norm": "batch", "width": 32, "z_dim": 64,
-             "batch_size": batch, "betas": [0.5, 0.999], "ema": 0.0, "device": device.type,
+             "batch_size": batch, "betas": [0.5, 0.999], "ema": 0.0, "r1": 0.0, "device": device.type,  # as the reference
              "cuda_graph": "on" if graph else "off", **levers}
     seed_everything(0, device)
-    t = Trainer(parse_params({"train": train}), ImageSet(images, None, []), "bench")
-    return t.levers.stepper(t.train_step, (t.opt_d, t.opt_g))
+    gs = Trainer(parse_params({"train": train}), ImageSet(images, None, []), "bench").gs
+    stepper, done = gs.stepper(), [0]
+
+    def step():
+        gs.advance(done[0], stepper)
+        done[0] += 1
+
+    return step
 
 
 def main() -> None:

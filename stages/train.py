@@ -6,13 +6,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from ganflow import accel, data, deps, distributed, evaluator, metrics
+from ganflow import accel, data, deps, distributed, metrics
 from ganflow.config import flatten, load_params
 from ganflow.outputs import TrainOutputs, TrainPaths
 from ganflow.stage import stage
 from ganflow.tracking import (TAG_BASELINE_COMMIT, TAG_DATA, TAG_EVALUATOR, TAG_RESUMED_FROM, TAG_RESUMED_STEP, Tracker,
                               _dvc_tags, provenance)
-from ganflow.training import LOG_COLUMNS, Hooks, Selection, Trainer
+from ganflow.training import LOG_COLUMNS, Hooks, Selection, Trainer, training_set
 
 log = logging.getLogger("ganflow.train")
 
@@ -23,13 +23,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("prepared")
     ap.add_argument("evaluator", help="the classifier that scores G during training")
-    ap.add_argument("generator", type=Path)
-    ap.add_argument("generator_best", type=Path)
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("run_handle", type=Path, help="output: the MLflow run id, for later stages")
-    ap.add_argument("log_tsv", type=Path)
-    ap.add_argument("fid_tsv", type=Path)
-    ap.add_argument("grid", type=Path)
+    TrainPaths.add_arguments(ap)  # the outputs: generator ... grid (run_handle: the MLflow run id, for later stages)
     a = ap.parse_args(argv)
     params = load_params(a.params)
     distributed.relaunch_under_torchrun(distributed.world_size_for(params.train.devices), argv)
@@ -41,16 +35,11 @@ def main(argv: list[str]) -> None:
     # rank 0 alone talks to MLflow; the tracker fails fast on an unreachable server
     tracker = Tracker(params.tracking if dist.main else params.tracking.model_copy(update={"enabled": False}))
     ds, meta = data.load_prepared(a.prepared)
-    # G never sees the images the evaluator holds out: evaluate compares the samples with both halves
-    _, info = evaluator.load(a.evaluator)
-    _, seen = evaluator.reference_split(info, a.evaluator, meta["sha256"], len(ds.images))
-    train_set = ds.subset(seen)
+    train_set = training_set(ds, meta, a.evaluator)  # less the evaluator's held-out images
     train_sha = data.content_hash(train_set)
-    trainer = Trainer(params, train_set, train_sha, dist, code=deps.code_hash(__file__))
-    decision = trainer.try_resume(a.checkpoint)
-    if dist.main:
-        log.info(decision)
-    outputs = TrainOutputs(TrainPaths(a.generator, a.checkpoint, a.log_tsv, a.grid, a.generator_best, a.fid_tsv))
+    trainer = Trainer(params, train_set, train_sha, dist, code=deps.code_hash(__file__), device=device)
+    trainer.try_resume(a.checkpoint)  # logs what it decided
+    outputs = TrainOutputs(TrainPaths.from_args(a))
     selection = Selection(metrics.key("fid", "classifier"), metrics.TrainingFID(
         ds.images, a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
     ))

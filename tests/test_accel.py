@@ -2,6 +2,8 @@
 the CUDA graph on the CPU), the frozen D in the G step, channels_last, max_seconds, export.
 CUDA-only checks at the end are skipped without a GPU."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -33,7 +35,7 @@ class StandInGraphs:
     def capture(self, fn):
         t = self.trainer
         # what the graph would point at: the optimiser state tensors present at capture
-        self.captured_state = [id(s["exp_avg"]) for s in t.opt_g.state.values()]
+        self.captured_state = [id(s["exp_avg"]) for s in t.gs.opt_g.state.values()]
         self.events.append(("capture", t.state.step))
         if self.fail:
             raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
@@ -42,14 +44,14 @@ class StandInGraphs:
 
 def graphed(t: Trainer, mode: str = "auto", fail: bool = False) -> StandInGraphs:
     backend = StandInGraphs(t, fail)
-    t.levers.graph, t.levers.cuda_graph, t.levers.graph_backend = True, mode, backend
+    t.gs.levers.graph, t.gs.levers.cuda_graph, t.gs.levers.graph_backend = True, mode, backend
     return backend
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"cuda_graph": "on", "device": "cpu"}, "train.cuda_graph is on, but train.device is cpu"),
+    ({"cuda_graph": "on", "device": "cpu"}, "train.cuda_graph is on, but the device is cpu, and CUDA graphs need CUDA"),
     ({"cuda_graph": "on", "compile": True}, "train.cuda_graph is on, but train.compile is on"),
-    ({"cuda_graph": "on", "devices": 2}, "train.cuda_graph is on, but train.devices is not 1"),
+    ({"cuda_graph": "on", "devices": 2}, "train.cuda_graph is on, but training is data-parallel (train.devices is not 1"),
     ({"cuda_graph": "sometimes"}, "params.yaml: train.cuda_graph must be 'auto', 'on' or 'off'"),
 ])
 def test_cuda_graph_settings_that_cannot_work_are_one_line_errors(overrides, message):
@@ -70,15 +72,16 @@ def test_graph_decision_names_the_reason():
 
     assert accel.graph_decision("off", gpu, Dist(), False) == (False, "eager")
     assert accel.graph_decision("auto", cpu, Dist(), False) == (False, "eager, because the device is cpu, and CUDA graphs need CUDA")
-    assert accel.graph_decision("auto", gpu, Dist(0, 2, 0), False)[1] == "eager, because training is data-parallel (DDP), which runs eagerly"
+    assert accel.graph_decision("auto", gpu, Dist(0, 2, 0), False)[1] == (
+        "eager, because training is data-parallel (train.devices is not 1: DDP runs eagerly)")
     assert accel.graph_decision("auto", gpu, Dist(), True)[0] is False
     assert accel.graph_decision("auto", gpu, Dist(), False)[0] is True
 
 
 def test_eager_dispatch_calls_the_step_itself(mnist):
     t = Trainer(parse_params({"train": {**TINY_TRAIN, "cuda_graph": "auto"}}), mnist, "x")
-    assert not t.levers.graph  # CPU: auto means eager
-    assert t.levers.stepper(t.train_step, (t.opt_d, t.opt_g)) == t.train_step
+    assert not t.gs.levers.graph  # CPU: auto means eager
+    assert t.gs.stepper() == t.gs.step
 
 
 def test_capture_happens_after_resume_and_every_call_is_one_real_step(mnist, tmp_path):
@@ -89,7 +92,7 @@ def test_capture_happens_after_resume_and_every_call_is_one_real_step(mnist, tmp
     t = Trainer(parse_params({"train": TINY_TRAIN}), mnist, "sha-test")
     backend = graphed(t)
     assert t.try_resume(split / "checkpoint.pt").startswith("resuming")
-    loaded = [id(s["exp_avg"]) for s in t.opt_g.state.values()]
+    loaded = [id(s["exp_avg"]) for s in t.gs.opt_g.state.values()]
     t.run(paths(split))
     # prepared, three warm-up steps from the resumed step on, then one capture, all after the load
     assert backend.events == [("prepare", 10), ("warmup", 10), ("warmup", 11), ("warmup", 12), ("capture", 13)]
@@ -108,25 +111,25 @@ def test_a_failed_capture_falls_back_in_auto_and_stops_in_on(mnist, tmp_path, mo
             t.run(paths(tmp_path))
         return
     t.run(paths(tmp_path))
-    assert t.state.step == 20 and not t.levers.graph
+    assert t.state.step == 20 and not t.gs.levers.graph
     assert "train.cuda_graph auto: capture failed (RuntimeError: operation not permitted" in caplog.text
 
 
 def test_the_g_step_makes_no_gradient_for_d(mnist):
     t = Trainer(parse_params({"train": TINY_TRAIN}), mnist, "x")
     calls = {"D": 0, "G": 0}
-    for name, net in (("D", t.D), ("G", t.G)):
+    for name, net in (("D", t.gs.D), ("G", t.gs.G)):
         for p in net.parameters():
             p.register_hook(lambda g, name=name: calls.__setitem__(name, calls[name] + 1))
-    t.train_step()
-    n_d, n_g = sum(1 for _ in t.D.parameters()), sum(1 for _ in t.G.parameters())
+    t.gs.step()
+    n_d, n_g = sum(1 for _ in t.gs.D.parameters()), sum(1 for _ in t.gs.G.parameters())
     assert calls == {"D": n_d, "G": n_g}  # D's weights got gradients in the D step only
-    assert all(p.requires_grad for p in t.D.parameters())  # and are trainable again
+    assert all(p.requires_grad for p in t.gs.D.parameters())  # and are trainable again
 
 
 def test_channels_last_trains_in_nhwc(mnist, tmp_path):
     t = train(mnist, tmp_path, channels_last=True, steps=10)
-    conv = next(p for p in t.G.parameters() if p.dim() == 4)
+    conv = next(p for p in t.gs.G.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert t.state.step == 10 and all(torch.isfinite(torch.tensor(r)).all() for r in t.state.log_rows)
 
@@ -138,19 +141,19 @@ def test_max_seconds_stops_early_and_still_writes_every_output(mnist, tmp_path):
     assert t.state.step == 1 and summary["steps_run"] == 1  # the first step is always taken
     assert torch.load(tmp_path / "generator.pt", weights_only=True)["step"] == 1
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 1
-    assert (tmp_path / "log.tsv").read_text().splitlines()[1].startswith("1\t")
+    assert (tmp_path / "train_log.tsv").read_text().splitlines()[1].startswith("1\t")
 
 
 @pytest.mark.parametrize("conditional", [False, True])
 def test_exported_generator_matches_the_evaluated_one(mnist, conditional):
     t = Trainer(parse_params({"train": {**TINY_TRAIN, "conditional": conditional}}), mnist, "x")
-    t.train_step()
+    t.gs.step()
     model, example = t.export_generator()
     assert example.shape == (2, TINY_TRAIN["z_dim"] + conditional)
     x = torch.from_numpy(example)
     with torch.no_grad():
         out = model(x)
-        G = t.G_eval.eval()
+        G = t.gs.G_eval.eval()
         want = G(x[:, :-1], x[:, -1].long()) if conditional else G(x)
     assert out.shape == (2, 1, 28, 28) and torch.equal(out, want)
     assert not model.training and all(p.device.type == "cpu" for p in model.parameters())
@@ -180,18 +183,18 @@ def test_lecam_r1_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
     with pytest.raises(Killed):
         Trainer(params, mnist, "sha-test").run(paths(split), Hooks(on_metrics=kill_at_10))
     b = train(mnist, split, **knobs)
-    assert b.resumed["step"] == 10 and torch.equal(a.loss.lecam.ema, b.loss.lecam.ema) and a.loss.lecam.ema.abs().sum() > 0
+    assert b.resumed["step"] == 10 and torch.equal(a.gs.loss.lecam.ema, b.gs.loss.lecam.ema) and a.gs.loss.lecam.ema.abs().sum() > 0
     assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()
     # constant for 10 steps, then falling linearly: the last of 20 steps runs at a tenth
-    assert a.opt_g.param_groups[0]["lr"] == pytest.approx(a.cfg.lr_g / 10)
+    assert a.gs.opt_g.param_groups[0]["lr"] == pytest.approx(a.cfg.lr_g / 10)
     # the share of the batch that drives G falls by 1 % per epoch (an epoch: len(data) / batch steps)
-    assert a.keep.item() == b.keep.item() == round(16 * 0.99 ** (19 * 16 // 64)) == 15
-    a.schedule(10**6)
-    assert a.keep.item() == 8  # train.topk of the batch, at most
+    assert a.gs.keep.item() == b.gs.keep.item() == round(16 * 0.99 ** (19 * 16 // 64)) == 15
+    a.gs.schedule(10**6)
+    assert a.gs.keep.item() == 8  # train.topk of the batch, at most
     # the lazy R1 steps ran: without them, the same run ends elsewhere
     c = train(mnist, tmp_path / "no-r1", **{**knobs, "r1": 0.0})
     assert (whole / "generator.pt").read_bytes() != (tmp_path / "no-r1" / "generator.pt").read_bytes()
-    assert not torch.equal(a.D.state_dict()["head.linear.bias"], c.D.state_dict()["head.linear.bias"])
+    assert not torch.equal(a.gs.D.state_dict()["head.linear.bias"], c.gs.D.state_dict()["head.linear.bias"])
 
 
 def test_lazy_r1_runs_under_torch_compile(mnist):
@@ -199,13 +202,13 @@ def test_lazy_r1_runs_under_torch_compile(mnist):
     D's view uncompiled, the D+G step the compiled one."""
     t = Trainer(parse_params({"train": {**TINY_TRAIN, "compile": True, "r1": 1.0, "r1_every": 2}}), mnist, "x")
     compiled = torch._dynamo.eval_frame.OptimizedModule
-    assert isinstance(t.D_aug, compiled) and not isinstance(t.D_r1, compiled) and t.D_r1 is t.D
-    for step in range(2):
-        t.schedule(step)
-        t.train_step()
-        t.state.step += 1
-        t.after_step()  # the R1 step at step 2
-    t.check_finite_weights()
+    assert isinstance(t.gs.D_aug, compiled) and not isinstance(t.gs.D_reg, compiled) and t.gs.D_reg is t.gs.D
+    ran = []
+    t.gs.phases = [dataclasses.replace(p, run=lambda gain, run=p.run: (ran.append(gain), run(gain))) for p in t.gs.phases]
+    for i in range(2):
+        t.gs.advance(i)  # the R1 step after step 2
+    assert ran == [2]
+    t.gs.check_finite_weights(2)
 
 
 def test_more_steps_start_afresh_when_the_learning_rate_decays(mnist, tmp_path):
@@ -235,7 +238,7 @@ def cuda_train(mnist, out, **overrides):
 @pytest.mark.parametrize("arch, loss, d_norm, extra", ARCH_LOSS)
 def test_every_arch_loss_and_option_captures(mnist, tmp_path, arch, loss, d_norm, extra):
     t = cuda_train(mnist, tmp_path, arch=arch, loss=loss, d_norm=d_norm, ema=200.0, steps=30, **extra)
-    assert t.levers.graph and t.state.step == 30
+    assert t.gs.levers.graph and t.state.step == 30
     assert all(torch.isfinite(torch.tensor(r)).all() for r in t.state.log_rows)
 
 

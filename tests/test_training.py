@@ -12,7 +12,7 @@ from ganflow.training import Selection, Trainer
 
 
 def paths(d):
-    return TrainOutputs(TrainPaths(d / "generator.pt", d / "checkpoint.pt", d / "log.tsv", d / "grid.png", d / "best.pt", d / "fid.tsv"))
+    return TrainOutputs(TrainPaths.under(d))
 
 
 def train(mnist, out, resume=True, **overrides):
@@ -31,7 +31,7 @@ def test_same_seed_gives_byte_identical_generator(mnist, tmp_path):
     train(mnist, a)
     train(mnist, b)
     assert (a / "generator.pt").read_bytes() == (b / "generator.pt").read_bytes()
-    assert (a / "log.tsv").read_text() == (b / "log.tsv").read_text()
+    assert (a / "train_log.tsv").read_text() == (b / "train_log.tsv").read_text()
     c = tmp_path / "c"
     train(mnist, c, resume=False, lr_g=0.001)
     assert (a / "generator.pt").read_bytes() != (c / "generator.pt").read_bytes()
@@ -39,10 +39,10 @@ def test_same_seed_gives_byte_identical_generator(mnist, tmp_path):
 
 def test_outputs(mnist, tmp_path):
     t = train(mnist, tmp_path)
-    rows = (tmp_path / "log.tsv").read_text().splitlines()
+    rows = (tmp_path / "train_log.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["step", "loss_D", "loss_G", "D_x", "D_G_z"]
     assert [int(r.split("\t")[0]) for r in rows[1:]] == [5, 10, 15, 20]
-    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "train_grid.png").read_bytes()[:4] == b"\x89PNG"
     assert t.state.step == 20
 
 
@@ -50,26 +50,26 @@ def test_checkpoint_round_trip_with_weights_only(mnist, tmp_path):
     t = train(mnist, tmp_path)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 20 and set(ckpt) >= {"G", "D", "G_ema", "opt_g", "opt_d", "rng", "fingerprint", "log_rows"}
-    for k, v in t.G.state_dict().items():
+    for k, v in t.gs.G.state_dict().items():
         assert torch.equal(ckpt["G"][k], v)
     G, obj = load_generator(tmp_path / "generator.pt")
     assert obj["arch"] == "dcgan" and not G.training
-    for k, v in t.G_ema.state_dict().items():  # the EMA generator is the one saved
+    for k, v in t.gs.G_ema.state_dict().items():  # the EMA generator is the one saved
         assert torch.equal(G.state_dict()[k], v)
 
 
 def test_ema_update_on_a_toy_model(mnist):
     params = parse_params({"train": {**TINY_TRAIN, "ema": 16.0, "batch_size": 16}})
     t = Trainer(params, mnist, "x")
-    t.schedule(0)
-    assert t.ema_weight.item() == pytest.approx(0.5)  # half-life of 16 images at 16 images per step
-    before = copy.deepcopy(t.G_ema.state_dict())
+    t.gs.schedule(0)
+    assert t.gs.ema_weight.item() == pytest.approx(0.5)  # half-life of 16 images at 16 images per step
+    before = copy.deepcopy(t.gs.G_ema.state_dict())
     with torch.no_grad():
-        for p in t.G.parameters():
+        for p in t.gs.G.parameters():
             p.add_(1.0)
-    t.update_ema()
-    for name, p in t.G.named_parameters():
-        assert torch.allclose(t.G_ema.state_dict()[name], 0.5 * before[name] + 0.5 * p)
+    t.gs.update_ema()
+    for name, p in t.gs.G.named_parameters():
+        assert torch.allclose(t.gs.G_ema.state_dict()[name], 0.5 * before[name] + 0.5 * p)
 
 
 def test_diffaugment_sees_real_and_fake_alike(mnist, monkeypatch):
@@ -84,7 +84,7 @@ def test_diffaugment_sees_real_and_fake_alike(mnist, monkeypatch):
     monkeypatch.setitem(aug.AUGMENTS._items, "translation", spy)
     params = parse_params({"train": {**TINY_TRAIN, "augment": ["translation"]}})
     t = Trainer(params, mnist, "x")
-    t.train_step()
+    t.gs.step()
     # D step: real + fake; G step: fake — every D input went through the augmentation
     assert seen == [16, 16, 16]
 
@@ -103,13 +103,13 @@ def test_best_generator_is_the_one_with_the_lowest_fid(mnist, tmp_path):
     summary = t.run(paths(tmp_path), selection=Selection("fid_classifier", scorer))
     assert summary["best_step"] == 10 and summary["best_fid_classifier_during_training"] == 4.0
     assert 0 < summary["eval_time_fraction"] < 1
-    best, info = load_generator(tmp_path / "best.pt")
+    best, info = load_generator(tmp_path / "generator_best.pt")
     assert info["step"] == 10 and info["fid_classifier"] == 4.0
     for k, v in best.state_dict().items():
         assert torch.equal(v, snapshots[10][k])
     last = torch.load(tmp_path / "generator.pt", weights_only=True)
     assert last["step"] == 20
-    assert (tmp_path / "fid.tsv").read_text().splitlines() == ["step\tfid_classifier", "5\t9", "10\t4", "15\t6", "20\t5"]
+    assert (tmp_path / "fid_curve.tsv").read_text().splitlines() == ["step\tfid_classifier", "5\t9", "10\t4", "15\t6", "20\t5"]
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "sngan"])
@@ -118,10 +118,10 @@ def test_conditional_training_step_changes_weights_and_samples_requested_classes
 
     params = parse_params({"train": {**TINY_TRAIN, "arch": arch, "conditional": True, "ema": 0.0}})  # G itself, one step in
     t = Trainer(params, mnist, "x")
-    before = {k: v.clone() for k, v in t.G.state_dict().items()}
-    t.train_step()
-    assert any(not torch.equal(before[k], v) for k, v in t.G.state_dict().items())
-    G = t.G_eval.eval()
+    before = {k: v.clone() for k, v in t.gs.G.state_dict().items()}
+    t.gs.step()
+    assert any(not torch.equal(before[k], v) for k, v in t.gs.G.state_dict().items())
+    G = t.gs.G_eval.eval()
     assert G.cfg.n_classes == 10
     # the class embedding is used: the same latent under two classes gives two images
     x = generate(G, 0, 0, 20, classes=[3, 7])
@@ -148,7 +148,7 @@ def test_conditional_auto_follows_the_labels_and_the_arch(mnist, arch, labelled,
 
     data = mnist if labelled else ImageSet(mnist.images, None, [])
     t = Trainer(parse_params({"train": {**TINY_TRAIN, "arch": arch, "conditional": "auto"}}), data, "x")
-    assert t.net_cfg.n_classes == classes and t.G.cfg.n_classes == classes
+    assert t.net_cfg.n_classes == classes and t.gs.G.cfg.n_classes == classes
 
 
 def test_fid_checks_do_not_change_training(mnist, tmp_path):
@@ -178,8 +178,8 @@ def test_one_train_step_changes_both_nets(arch, loss, d_norm, resolution, channe
     rng = np.random.default_rng(0)
     ds = ImageSet(rng.integers(0, 256, (32, channels, resolution, resolution), dtype=np.uint8), None, [])
     t = Trainer(parse_params({"train": {**TINY_TRAIN, "arch": arch, "loss": loss, "d_norm": d_norm, "batch_size": 4}}), ds, "x")
-    before = [copy.deepcopy(n.state_dict()) for n in (t.G, t.D)]
-    stats = t.train_step()
+    before = [copy.deepcopy(n.state_dict()) for n in (t.gs.G, t.gs.D)]
+    stats = t.gs.step()
     assert torch.isfinite(stats).all()
-    for net, old in zip((t.G, t.D), before):
+    for net, old in zip((t.gs.G, t.gs.D), before):
         assert any(not torch.equal(old[k], v) for k, v in net.state_dict().items() if v.is_floating_point())

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ganflow import GanflowError
+from ganflow.config import graph_blocker
 from ganflow.distributed import SINGLE, Dist, device_for
 
 if TYPE_CHECKING:
@@ -207,10 +208,10 @@ class Levers:
         return GraphedStep(step, self.graph_backend, on_capture_error=fallback)
 
 
-def levers(cfg: TrainConfig, dist: Dist = SINGLE) -> Levers:
-    """Resolve train.* into the levers of this process; `cuda_graph: on` where graphs cannot be used
-    is one error here, before any work."""
-    device = device_for(dist, select_device(cfg.device))
+def levers(cfg: TrainConfig, dist: Dist = SINGLE, device: torch.device | None = None) -> Levers:
+    """Resolve train.* into the levers of this process on `device` (the stage's choice; None: chosen
+    here from train.device); `cuda_graph: on` where graphs cannot be used is one error here, before any work."""
+    device = device_for(dist, device if device is not None else select_device(cfg.device))
     graph, reason = graph_decision(cfg.cuda_graph, device, dist, cfg.compile)
     return Levers(device, dist, cfg.channels_last, cfg.compile, cfg.cuda_graph, graph, reason)
 
@@ -219,18 +220,36 @@ def graph_decision(setting: str, device: torch.device, dist: Dist, compiled: boo
     """(capture the step?, why) from train.cuda_graph and what this process has."""
     if setting == "off":
         return False, "eager"
-    blocker = None
-    if device.type != "cuda":
-        blocker = f"the device is {device.type}, and CUDA graphs need CUDA"
-    elif dist.active:
-        blocker = "training is data-parallel (DDP), which runs eagerly"
-    elif compiled:
-        blocker = "train.compile is on; the two are not combined"
+    blocker = graph_blocker(device.type, dist.active, compiled)
     if blocker and setting == "on":
         raise GanflowError(f"train.cuda_graph is on, but {blocker}")
     if blocker:
         return False, f"eager, because {blocker}"
     return True, "the whole D+G step is captured as one CUDA graph at the first step"
+
+
+def uncompiled(view: nn.Module) -> nn.Module:
+    """`view` (from Levers.for_step) without torch.compile, DDP kept: what a double backward (a gradient
+    penalty's) calls, since torch.compile cannot differentiate twice."""
+    return getattr(view, "_orig_mod", view)
+
+
+class DeviceScalars:
+    """0-d tensors on the device that a step reads (a CUDA graph replays whatever they hold), filled
+    from the host only when their value changes: the last value filled is remembered, since reading
+    one back would sync."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._filled: dict[int, float] = {}
+
+    def new(self) -> torch.Tensor:
+        return torch.zeros((), device=self.device)
+
+    def fill(self, t: torch.Tensor, value: float) -> None:
+        if self._filled.get(id(t)) != value:
+            t.fill_(value)
+            self._filled[id(t)] = value
 
 
 def _first_line(err: Exception) -> str:

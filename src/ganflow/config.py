@@ -79,6 +79,18 @@ class EvaluatorConfig(_Section):
     width: Annotated[int, Field(gt=0, le=1024)] = Field(32, description="channels of its first conv layer")
 
 
+def graph_blocker(device: str, data_parallel: bool, compiled: bool) -> str | None:
+    """Why the whole D+G step cannot be captured as one CUDA graph (None: nothing stops it). The one
+    statement of this rule: `ganflow check` asks it of train.* as written, accel of the resolved process."""
+    if device in ("cpu", "mps"):
+        return f"the device is {device}, and CUDA graphs need CUDA"
+    if data_parallel:
+        return "training is data-parallel (train.devices is not 1: DDP runs eagerly)"
+    if compiled:
+        return "train.compile is on; the two are not combined"
+    return None
+
+
 class TrainConfig(_Section):
     """train stage: the GAN, its optimisers, checkpoints and the best-G checks"""
 
@@ -131,7 +143,7 @@ class TrainConfig(_Section):
     cuda_graph: Literal["auto", "on", "off"] = Field(
         "auto", description="whole D+G step as one CUDA graph: auto (single CUDA process, when capture works) | on | off"
     )
-    resume: bool = Field(True, description="false: train from scratch, keeping any checkpoint as models/checkpoint.prev.pt")
+    resume: bool = Field(True, description="false: train from scratch, setting any checkpoint aside as models/checkpoint.prev-<time>-step<N>.pt")
     log_every: PosInt = Field(20, description="steps between loss logs (metrics/train_log.tsv, MLflow)")
     sample_every: PosInt = Field(200, description="steps between fixed-noise grids (MLflow; the last is metrics/train_grid.png)")
     checkpoint_every: PosInt = Field(100, description="steps between checkpoints (models/checkpoint.pt, atomic)")
@@ -145,9 +157,8 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _cuda_graph_possible(self):
-        why = ("train.device is " + self.device if self.device in ("cpu", "mps") else
-               "train.compile is on" if self.compile else
-               "train.devices is not 1 (DDP runs eagerly)" if self.devices != 1 else None)
+        # device auto may still be CUDA; devices auto may be several processes
+        why = graph_blocker(self.device, self.devices != 1, self.compile)
         if self.cuda_graph == "on" and why:
             raise ValueError(f"train.cuda_graph is on, but {why}: use auto or off")
         return self

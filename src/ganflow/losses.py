@@ -1,4 +1,6 @@
-"""GAN losses, registered by name. Each computes its own D calls so it can add penalties.
+"""GAN losses, registered by name. Each computes its own D calls so it can add penalties, and owns
+the weight of every regulariser term it applies (LeCam, WGAN-GP's gradient penalty, lazy R1): the
+training step (ganflow.gan_step) keeps only the cadence of the lazy ones.
 
 `D` here is the discriminator as the loop sees it (augmentation included).
 """
@@ -32,14 +34,56 @@ class LeCam:
         return self.weight * (F.relu(r.float() - self.ema[1]).square().mean() + F.relu(self.ema[0] - f.float()).square().mean())
 
 
+class R1:
+    """R1 (Mescheder et al. 2018): γ/2·E‖∇ₓD(x)‖² over real images x, γ = `weight`. A lazy term: it
+    runs in its own D step every few steps (gan_step's phase table), which passes that interval as
+    `gain` so that it weighs as much as a penalty in every step (StyleGAN2)."""
+
+    name = "r1"
+    on = "real"  # the batch it is computed on (a penalty on fakes, such as R2, says "fake")
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def __call__(self, D: Disc, x: torch.Tensor, y=None, gain: float = 1.0) -> torch.Tensor:
+        return r1_penalty(D, x, y) * (self.weight * gain)
+
+
+def r1_penalty(D: Disc, real: torch.Tensor, y=None) -> torch.Tensor:
+    """R1 without its weight: ½·E‖∇ₓD(x)‖². Plus 0·D(x): the gradient on x misses D's last bias,
+    and DDP wants a gradient for every parameter."""
+    real = real.detach().requires_grad_(True)
+    logits = D(real, y).float()
+    (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+    return grad.float().square().flatten(1).sum(1).mean() / 2 + 0 * logits.mean()
+
+
+class GradientPenalty:
+    """WGAN-GP's penalty (Gulrajani et al. 2017): `weight`·E[(‖∇D(x̂)‖ - 1)²] on interpolates x̂ of real
+    and fake images (which share the labels y)."""
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def __call__(self, D: Disc, real: torch.Tensor, fake: torch.Tensor, y=None) -> torch.Tensor:
+        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+        mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
+        (grad,) = torch.autograd.grad(D(mix, y).sum(), mix, create_graph=True)
+        return self.weight * (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
 class Loss:
     """A loss may keep state (LeCam's running means, say): it goes into the checkpoint through
-    state_dict/load_state_dict, so resuming stays exact."""
+    state_dict/load_state_dict, so resuming stays exact. `lazy_d_terms`: the regulariser terms that
+    run in D's lazy phase (each owns its weight; gan_step's phase table owns their cadence)."""
 
     n_critic = 1  # D updates per G update
 
-    def __init__(self, lecam: float = 0.0, device: torch.device | str = "cpu"):
+    def __init__(self, lecam: float = 0.0, device: torch.device | str = "cpu", r1: float = 0.0):
         self.lecam = LeCam(lecam, device) if lecam > 0 else None
+        self.lazy_d_terms: list = [R1(r1)] if r1 > 0 else []
+
+    r1_penalty = staticmethod(r1_penalty)
 
     def state_dict(self) -> dict:
         return {"lecam_ema": self.lecam.ema.clone()} if self.lecam else {}
@@ -53,15 +97,6 @@ class Loss:
     def regulariser(self, r: torch.Tensor, f: torch.Tensor) -> torch.Tensor | float:
         """Added to every D loss: LeCam when on."""
         return self.lecam(r, f) if self.lecam else 0.0
-
-    @staticmethod
-    def r1_penalty(D: Disc, real: torch.Tensor, y=None) -> torch.Tensor:
-        """R1 (Mescheder et al. 2018) without its weight: ½·E‖∇ₓD(x)‖² over real images x. Plus 0·D(x):
-        the gradient on x misses D's last bias, and DDP wants a gradient for every parameter."""
-        real = real.detach().requires_grad_(True)
-        logits = D(real, y).float()
-        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-        return grad.float().square().flatten(1).sum(1).mean() / 2 + 0 * logits.mean()
 
     def d_loss(self, D: Disc, real, fake, y=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (loss, logits on real, logits on fake)."""
@@ -112,20 +147,19 @@ class Hinge(Loss):
 class WGANGP(Loss):
     # critic: minimize E[D(G(z))] - E[D(x)] + λ E[(‖∇D(x̂)‖ - 1)²] on interpolates x̂ (Gulrajani et al. 2017)
     n_critic = 5
-    gp_weight = 10.0
+
+    def __init__(self, lecam: float = 0.0, device: torch.device | str = "cpu", r1: float = 0.0):
+        super().__init__(lecam, device, r1)
+        self.gp = GradientPenalty(10.0)
 
     def d_loss(self, D, real, fake, y=None):
         r, f = D(real, y), D(fake, y)
-        # real and fake share the labels y, so their interpolates do too
-        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
-        mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
-        (grad,) = torch.autograd.grad(D(mix, y).sum(), mix, create_graph=True)
-        gp = (grad.flatten(1).norm(dim=1) - 1).square().mean()
-        return f.mean() - r.mean() + self.gp_weight * gp + self.regulariser(r, f), r, f
+        return f.mean() - r.mean() + self.gp(D, real, fake, y) + self.regulariser(r, f), r, f
 
     def g_per_sample(self, f):
         return -f
 
 
-def get(name: str, lecam: float = 0.0, device: torch.device | str = "cpu") -> Loss:
-    return LOSSES.get(name)(lecam, device)
+def get(name: str, lecam: float = 0.0, device: torch.device | str = "cpu", r1: float = 0.0) -> Loss:
+    """The loss `name` with its regulariser weights: LeCam's and R1's γ (0: off)."""
+    return LOSSES.get(name)(lecam, device, r1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,37 @@ from ganflow.io import save_grid, write_bytes
 
 @dataclass
 class TrainPaths:
+    """The train stage's outputs, in the order its command line takes them (after its two inputs, the
+    prepared data and the evaluator): the one list the stage's argv, dvc.yaml's cmd and the tests follow."""
+
     generator: Path  # the evaluated G of the last step
+    generator_best: Path | None  # the G with the best selection score during training (None: not written)
     checkpoint: Path  # everything needed to resume
+    run_handle: Path | None  # the MLflow run id, for the later stages (written by the stage, not the loop)
     log_tsv: Path  # losses, one row per log interval
+    scores_tsv: Path | None  # step, selection score of each check during training (None: not written)
     grid: Path  # fixed-noise grid of the latest G
-    generator_best: Path | None = None  # the G with the best selection score during training
-    scores_tsv: Path | None = None  # step, selection score of each check during training
+
+    @classmethod
+    def under(cls, folder: str | Path) -> TrainPaths:
+        """Every output in `folder`, under the file name dvc.yaml gives it."""
+        return cls(*(Path(folder) / name for name in TRAIN_FILE_NAMES))
+
+    def argv(self) -> list[str]:
+        return [str(getattr(self, f.name)) for f in fields(self)]
+
+    @classmethod
+    def add_arguments(cls, ap: argparse.ArgumentParser) -> None:
+        for f in fields(cls):
+            ap.add_argument(f.name, type=Path)
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> TrainPaths:
+        return cls(*(getattr(a, f.name) for f in fields(cls)))
+
+
+TRAIN_FILE_NAMES = ("generator.pt", "generator_best.pt", "checkpoint.pt", "run.json", "train_log.tsv", "fid_curve.tsv",
+                    "train_grid.png")
 
 
 class TrainOutputs:

@@ -18,7 +18,7 @@ def test_resume_equals_uninterrupted(mnist, tmp_path):
     t = train(mnist, split)  # ... and train longer: resumes from step 10
     assert t.resumed["step"] == 10
     assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()
-    assert (whole / "log.tsv").read_text() == (split / "log.tsv").read_text()
+    assert (whole / "train_log.tsv").read_text() == (split / "train_log.tsv").read_text()
 
 
 def test_changed_settings_start_fresh_and_say_which(mnist, tmp_path):
@@ -47,7 +47,7 @@ def test_truncated_checkpoint_is_a_clear_error(mnist, tmp_path):
 def test_nan_stops_training_naming_the_step(mnist, tmp_path, monkeypatch):
     params = parse_params({"train": TINY_TRAIN})
     t = Trainer(params, mnist, "sha-test")
-    real_step = t.train_step
+    real_step = t.gs.step
     calls = {"n": 0}
 
     def poisoned():
@@ -55,7 +55,7 @@ def test_nan_stops_training_naming_the_step(mnist, tmp_path, monkeypatch):
         out = real_step()
         return out * float("nan") if calls["n"] == 13 else out
 
-    monkeypatch.setattr(t, "train_step", poisoned)
+    monkeypatch.setattr(t.gs, "step", poisoned)
     with pytest.raises(DivergenceError, match=r"training diverged between steps 11 and 15: loss_D, loss_G, D_x, D_G_z not finite"):
         t.run(paths(tmp_path))
     # the last good checkpoint (step 10) is kept, and no generator was written
