@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,11 +176,11 @@ class TrainState:
 def set_aside(path: Path, step: Any, dist: Dist) -> Path:
     """Move the checkpoint at `path` to <stem>.prev-<UTC time>-step<N><suffix> (a new name for each),
     keeping the KEEP_SET_ASIDE latest such files; return the new path. Only rank 0 moves files."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")  # UTC, to the microsecond: never reused
     tag = f"-step{step}" if isinstance(step, int) else ""
     kept = path.with_name(f"{path.stem}.prev-{stamp}{tag}{path.suffix}")
     n = 1
-    while kept.exists():  # two set aside within one second
+    while kept.exists():  # two set aside within one microsecond
         n += 1
         kept = path.with_name(f"{path.stem}.prev-{stamp}{tag}-{n}{path.suffix}")
     if dist.main:
