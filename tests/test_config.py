@@ -6,6 +6,7 @@ import yaml
 
 from conftest import ROOT, run_stage
 from ganflow.config import ConfigError, Params, describe, flatten, load_params, parse_params
+from ganflow.outputs import TRAIN_FILE_NAMES
 
 
 def test_params_yaml_lists_every_key_with_the_code_defaults():
@@ -111,8 +112,7 @@ def test_a_bad_param_stops_a_stage_before_any_work_and_leaves_outputs_alone(tmp_
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"]["lr_d"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    names = ("generator.pt", "generator_best.pt", "checkpoint.pt", "run.json", "log.tsv", "fid.tsv", "grid.png")
-    outs = [tmp_path / n for n in names]
+    outs = [tmp_path / n for n in TRAIN_FILE_NAMES]
     for o in outs:
         o.write_bytes(b"earlier output " + o.name.encode())
     r = run_stage("train", "--params", str(tmp_path / "params.yaml"), str(tmp_path / "prepared"), str(tmp_path / "evaluator.pt"), *map(str, outs))

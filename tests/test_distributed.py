@@ -6,6 +6,7 @@ import mlflow
 import pytest
 
 from conftest import run_stage, stage_workspace
+from ganflow.outputs import TRAIN_FILE_NAMES
 
 pytestmark = pytest.mark.slow
 INJECT = Path(__file__).parent / "reliability" / "inject"
@@ -19,16 +20,15 @@ def test_two_processes_rank0_writes_and_results_repeat(tmp_path, mnist):
     for attempt in ("a", "b"):
         out = tmp_path / attempt
         out.mkdir()
-        names = ["g.pt", "best.pt", "ckpt.pt", "run.json", "log.tsv", "fid.tsv", "grid.png"]
         r = run_stage("train", "--params", str(tmp_path / "params.yaml"), str(tmp_path / "prepared"),
-                      str(tmp_path / "evaluator.pt"), *[str(out / n) for n in names],
+                      str(tmp_path / "evaluator.pt"), *[str(out / n) for n in TRAIN_FILE_NAMES],
                       env={"PYTHONPATH": str(INJECT), "GANFLOW_TEST_WRITE_LOG": str(out / "writes.log"),
                            "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, "\n".join(ln for ln in r.stderr.splitlines() if "[rank0]" in ln or ln.startswith("error"))[-3000:]
         writers = {line.split()[0] for line in (out / "writes.log").read_text().splitlines()}
         assert writers == {"0"}, writers  # rank 0 alone wrote outputs
-        outputs.append((out / "g.pt").read_bytes())
-        assert (out / "log.tsv").read_text().count("\n") == 1 + 20 // 5
+        outputs.append((out / "generator.pt").read_bytes())
+        assert (out / "train_log.tsv").read_text().count("\n") == 1 + 20 // 5
     assert outputs[0] == outputs[1]  # deterministic for a fixed world size
 
     mlflow.set_tracking_uri(f"sqlite:///{db}")

@@ -14,6 +14,7 @@ from ganflow import evaluator, metrics as m
 from ganflow.config import EvaluateConfig, EvaluatorConfig
 from ganflow.data import content_hash
 from ganflow.evaluation import evaluate
+from ganflow.outputs import TRAIN_FILE_NAMES
 from ganflow.io import to_pil
 
 CPU = torch.device("cpu")
@@ -215,7 +216,7 @@ def test_the_generator_never_sees_the_held_out_images(tmp_path, mnist):
     from conftest import run_stage, stage_workspace
 
     ws = stage_workspace(tmp_path / "ws", mnist, {"tracking": {"enabled": False}, "train": {"steps": 2, "eval_every": 0}})
-    outs = [tmp_path / n for n in ("g.pt", "best.pt", "ckpt.pt", "run.json", "log.tsv", "fid.tsv", "grid.png")]
+    outs = [tmp_path / n for n in TRAIN_FILE_NAMES]
     r = run_stage("train", "--params", str(ws / "params.yaml"), str(ws / "prepared"), str(ws / "evaluator.pt"), *map(str, outs))
     assert r.returncode == 0, r.stderr[-2000:]
     _, info = evaluator.load(ws / "evaluator.pt")

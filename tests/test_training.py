@@ -26,6 +26,24 @@ def train(mnist, out, resume=True, **overrides):
     return t
 
 
+def test_the_train_stage_outputs_are_one_list():
+    """dvc.yaml's train command, the stage's argv and TrainPaths follow one list of outputs."""
+    import argparse
+
+    import yaml
+
+    from conftest import ROOT
+    from ganflow.outputs import TRAIN_FILE_NAMES
+
+    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["cmd"].split()
+    assert cmd[:4] == ["python", "stages/train.py", "data/prepared", "models/evaluator.pt"]
+    assert [c.rsplit("/", 1)[-1] for c in cmd[4:]] == list(TRAIN_FILE_NAMES)
+    ap = argparse.ArgumentParser()
+    TrainPaths.add_arguments(ap)
+    paths = TrainPaths.from_args(ap.parse_args(cmd[4:]))
+    assert paths.argv() == cmd[4:] and paths.checkpoint.name == "checkpoint.pt"
+
+
 def test_same_seed_gives_byte_identical_generator(mnist, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train(mnist, a)

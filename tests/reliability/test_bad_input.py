@@ -11,6 +11,7 @@ import yaml
 
 from conftest import Payload, closed_port, run_stage, stage_workspace
 from ganflow import data
+from ganflow.outputs import TRAIN_FILE_NAMES
 
 INJECT = Path(__file__).parent / "inject"
 
@@ -57,7 +58,7 @@ def untouched(before: dict[Path, bytes]) -> None:
 STAGE_ARGS = {
     "prepare": ["prepared", "real.png"],
     "fit_evaluator": ["PREPARED", "evaluator2.pt", "evaluator.json"],
-    "train": ["PREPARED", "EVALUATOR", "g.pt", "best.pt", "ckpt.pt", "run.json", "log.tsv", "fid.tsv", "grid.png"],
+    "train": ["PREPARED", "EVALUATOR", *TRAIN_FILE_NAMES],
     "sample": ["g.pt", "best.pt", "samples", "sgrid.png"],
     "evaluate": ["samples", "PREPARED", "EVALUATOR", "run.json", "eval.json", "per_class.json", "pairs.png"],
 }
@@ -150,7 +151,7 @@ def test_damaged_generator_files(ws, tmp_path, damage, message):
 
 def test_truncated_training_checkpoint(ws, tmp_path):
     args = args_for("train", ws, tmp_path)
-    (tmp_path / "ckpt.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)
     r = run_stage("train", "--params", str(ws / "params.yaml"), *args)
     fails_with(r, f"{tmp_path / 'ckpt.pt'}: unreadable or truncated")
 
@@ -172,7 +173,7 @@ def test_unreachable_tracking_server_fails_before_training(ws, tmp_path):
     p = with_params(ws, tmp_path, tracking={"enabled": True, "uri": f"http://127.0.0.1:{port}"})
     r = run_stage("train", "--params", p, *args_for("train", ws, tmp_path), env={"MLFLOW_TRACKING_URI": ""})
     fails_with(r, f"tracking.uri http://127.0.0.1:{port}: MLflow server unreachable")
-    assert not (tmp_path / "ckpt.pt").exists() and not (tmp_path / "log.tsv").exists()
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "train_log.tsv").exists()
 
 
 def test_unwritable_output_location(ws, tmp_path):

@@ -21,9 +21,9 @@ from mlflow import MlflowClient
 from conftest import run_stage, stage_workspace
 from ganflow import GanflowError, tracking
 from ganflow.config import TrackingConfig
+from ganflow.outputs import TRAIN_FILE_NAMES
 
 INJECT = Path(__file__).parent / "inject"
-TRAIN_OUTS = ["g.pt", "best.pt", "ckpt.pt", "run.json", "log.tsv", "fid.tsv", "grid.png"]
 
 
 def free_port() -> int:
@@ -103,7 +103,7 @@ def params_with(ws: Path, tmp_path: Path, **tracking_cfg) -> str:
 
 def train(ws, tmp_path, params, env=None, **kw):
     return run_stage("train", "--params", params, str(ws / "prepared"), str(ws / "evaluator.pt"),
-                     *[str(tmp_path / n) for n in TRAIN_OUTS], cwd=tmp_path, env={"DVC_ROOT": str(tmp_path), **(env or {})}, **kw)
+                     *[str(tmp_path / n) for n in TRAIN_FILE_NAMES], cwd=tmp_path, env={"DVC_ROOT": str(tmp_path), **(env or {})}, **kw)
 
 
 @pytest.mark.slow
@@ -121,7 +121,7 @@ def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path
     assert len(warnings) == 1 and "training goes on" in warnings[0], r.stderr[-3000:]
     import torch
 
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 60  # every checkpoint written
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 60  # every checkpoint written
     run_id = yaml.safe_load((tmp_path / "run.json").read_text())["run_id"]
     assert (tmp_path / ".ganflow" / "spool" / run_id / "items.jsonl").exists()
 
@@ -149,7 +149,7 @@ def test_a_half_alive_server_is_one_line_or_a_fallback_never_a_hang(ws, tmp_path
     assert time.time() - t0 < 60
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and lines[-1].startswith(f"error: tracking.uri {uri}: not a usable MLflow store ("), r.stderr[-2000:]
-    assert not (tmp_path / "ckpt.pt").exists()
+    assert not (tmp_path / "checkpoint.pt").exists()
     r = train(ws, tmp_path, params_with(ws, tmp_path, uri=uri, fallback_to_local=True), env=fast)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "mlflow.db").exists()
@@ -178,7 +178,7 @@ def test_a_broken_local_store_at_start_is_one_line_naming_it(ws, tmp_path, damag
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
     assert lines[0].startswith(f"error: tracking store sqlite:///{db}: not a usable MLflow store ("), lines[0]
-    assert not (tmp_path / "ckpt.pt").exists()
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_a_locked_store_never_blocks_the_training_loop(mnist, tmp_path, monkeypatch):
@@ -213,7 +213,7 @@ def test_a_locked_store_never_blocks_the_training_loop(mnist, tmp_path, monkeypa
 def test_a_run_killed_before_its_first_checkpoint_is_marked_killed(ws, tmp_path):
     env = {"MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(INJECT), "GANFLOW_TEST_KILL": "log.tsv:1"}
     r = train(ws, tmp_path, params_with(ws, tmp_path), env=env, new_session=True)
-    assert r.returncode == -signal.SIGKILL and not (tmp_path / "ckpt.pt").exists()
+    assert r.returncode == -signal.SIGKILL and not (tmp_path / "checkpoint.pt").exists()
     r = train(ws, tmp_path, params_with(ws, tmp_path), env={"MLFLOW_TRACKING_URI": ""})
     assert r.returncode == 0, r.stderr[-2000:]
     mlflow.set_tracking_uri(tracking.sqlite_uri(tmp_path / "mlflow.db"))
