@@ -1,8 +1,10 @@
 """Every speed lever in one place: device choice, optimisers (fused and capturable Adam), autocast,
-channels_last, torch.compile, the DDP wrap, and the whole D+G step captured as one CUDA graph.
+channels_last, torch.compile (and its internals: `uncompiled`), the DDP wrap, the device scalars a
+step reads, and the whole D+G step captured as one CUDA graph.
 
-The Trainer asks a `Levers` object for what it needs; nothing here knows what a GAN is. Nothing
-here sets process-wide torch state either, except `seed_everything`, which is for stage entry points.
+The training step (ganflow.gan_step) asks a `Levers` object for what it needs; nothing here knows
+what a GAN is. Nothing here sets process-wide torch state either, except `seed_everything`, which is
+for stage entry points.
 """
 
 from __future__ import annotations
