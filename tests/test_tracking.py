@@ -3,6 +3,7 @@ import pytest
 
 from conftest import closed_port
 from ganflow import GanflowError, tracking
+from ganflow.tracking import store
 from ganflow.config import TrackingConfig
 
 
@@ -38,7 +39,7 @@ def test_params_logged_twice_with_new_values_become_override_tags():
 
 
 def test_locked_database_is_retried(monkeypatch):
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(store.time, "sleep", lambda s: None)
     calls = []
 
     def flaky():
@@ -47,9 +48,9 @@ def test_locked_database_is_retried(monkeypatch):
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking._retry(flaky, "test") == "ok" and len(calls) == 3
+    assert store.retry(flaky, "test") == "ok" and len(calls) == 3
     with pytest.raises(ValueError):
-        tracking._retry(lambda: (_ for _ in ()).throw(ValueError("other")), "test")
+        store.retry(lambda: (_ for _ in ()).throw(ValueError("other")), "test")
 
 
 def test_unreachable_server_fails_fast_unless_fallback_chosen(tmp_path, monkeypatch):

@@ -261,15 +261,15 @@ def test_a_store_that_fails_mid_run_spools_and_replays(tmp_path, monkeypatch):
     t = tracking.Tracker(TrackingConfig())
     t.start()
     t.log_metrics({"loss": 1.0}, step=1)
-    t._flush_quietly()
-    real_send = t._send
-    monkeypatch.setattr(t, "_send", lambda item: (_ for _ in ()).throw(ConnectionError("store gone")))
+    t.flush()
+    real_send = t.outbox.send
+    monkeypatch.setattr(t.outbox, "send", lambda item: (_ for _ in ()).throw(ConnectionError("store gone")))
     for step in (2, 3):
         t.log_metrics({"loss": float(step)}, step=step)
     t.log_image(__import__("numpy").zeros((4, 4, 3), "uint8"), "grid", 3)
-    t._flush_quietly()
-    assert t.down and len(tracking.Spool(t.run_id).items()) == 3
-    monkeypatch.setattr(t, "_send", real_send)
+    t.flush()
+    assert t.down and len(t.outbox.items()) == 3
+    monkeypatch.setattr(t.outbox, "send", real_send)
     t.end()  # the store answers again: replayed at the end of the stage
     client = MlflowClient(tracking.local_uri())
     assert [m.step for m in client.get_metric_history(t.run_id, "loss")] == [1, 2, 3]
