@@ -59,6 +59,7 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     """
     previous = (trainer.resumed or {}).get("run_id")
     hooks = LoopHooks(tracker)
+    tracker.replay_spools()  # first: a run that finished while the store was down is closed as FINISHED now
     if trainer.state.step >= params.train.steps and tracker.status(previous) == "FINISHED":
         train(hooks)  # the tracker has no run: nothing is logged
         if main:
@@ -112,8 +113,12 @@ def _claim_attempt(tracker: Tracker) -> Path | None:
         previous = None
     if previous and previous != tracker.run_id:
         _mark_killed(tracker, previous)
-    ATTEMPT.parent.mkdir(parents=True, exist_ok=True)
-    ATTEMPT.write_text(json.dumps({"run_id": tracker.run_id}) + "\n")
+    try:
+        ATTEMPT.parent.mkdir(parents=True, exist_ok=True)
+        ATTEMPT.write_text(json.dumps({"run_id": tracker.run_id}) + "\n")
+    except OSError as err:
+        log.warning("%s cannot be written (%s): if this attempt is killed, its run stays RUNNING", ATTEMPT, err)
+        return None
     return ATTEMPT
 
 

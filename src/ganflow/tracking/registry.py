@@ -1,15 +1,21 @@
 """The model registry: log and register the generator of a training run, describe its version, and
 move the `champion` alias to the best version at equal N. Each call is skipped (one warning) while
-the store is down, never raising."""
+the store is down, never raising; the generator and its description are then kept in the run's spool
+and logged and registered when the store is back."""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import numpy as np
 
 from ganflow.tracking.names import CHAMPION, MODEL_NAME, TAG_STATUS
 from ganflow.tracking.run import Tracker
+from ganflow.tracking.store import first_line
+
+log = logging.getLogger("ganflow.tracking")
 
 
 def log_model(tracker: Tracker, model: Any, input_example: np.ndarray, metadata: dict[str, Any] | None = None) -> str | None:
@@ -27,21 +33,39 @@ def log_model(tracker: Tracker, model: Any, input_example: np.ndarray, metadata:
         ),
         "log_model",
     )
+    if info is None and tracker.down:
+        _spool_model(tracker, lambda path: tracker.mlflow.pytorch.save_model(
+            model, path, input_example=input_example, pip_requirements=reqs, metadata=metadata))
     return info.model_uri if info else None
+
+
+def _spool_model(tracker: Tracker, save) -> None:
+    """Keep the model (saved by MLflow, the same files log_model uploads) in the run's spool."""
+    box, name = tracker.outbox, f"model-{time.time_ns()}"
+    try:
+        box.dir.mkdir(parents=True, exist_ok=True)
+        save(str(box.dir / name))
+    except Exception as err:
+        log.warning("the generator could not be kept until the store is back (%s): it is not logged", first_line(err))
+        return
+    box.spool({"kind": "model", "model_dir": name, "registered_model": tracker.cfg.registered_model})
+    log.warning("the generator is kept in %s: logged and registered when the store is back", box.dir)
 
 
 def annotate(tracker: Tracker, tags: dict[str, str], description: str) -> None:
     """Tag the model version the tracker's run registered, and describe its contract."""
     name, client, run_id = tracker.cfg.registered_model, getattr(tracker, "client", None), tracker.run_id
 
-    def annotate_it() -> None:
+    def annotate_it() -> bool:
         for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
             for k, val in tags.items():
                 client.set_model_version_tag(name, v.version, k, str(val))
             client.update_model_version(name, v.version, description=description)
+        return True
 
-    if name:
-        tracker.call(annotate_it, "tag model version")
+    if name and tracker.call(annotate_it, "tag model version") is None and tracker.down:
+        tracker.outbox.spool({"kind": "model_version", "registered_model": name, "tags": {k: str(v) for k, v in tags.items()},
+                              "description": description})
 
 
 def promote(tracker: Tracker, train_run_id: str | None, scores: dict[str, float], metric: str, n_key: str) -> str | None:

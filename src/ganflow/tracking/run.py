@@ -63,13 +63,15 @@ class Tracker:
         except Exception as err:
             raise GanflowError(self.store.start_error(err)) from None
         self.run_id = run.info.run_id
-        Outbox.replay_pending(self.client)
+        self.replay_spools()
         self.outbox = Outbox(self.client, self.run_id, self.uri)
         self.outbox.start()
 
     def end(self, status: str = "FINISHED") -> bool:
         """Wait (boundedly) for pending calls, replay any spool, close the run. Never raises; True
-        when the run was closed."""
+        when the run was closed. When the store is down, the closing is spooled too: the next stage
+        that tracks closes the run with this status (a finished run is never left RUNNING, to be
+        taken for a killed one)."""
         if not (self.enabled and self.run_id and self.outbox):
             return False
         self.outbox.close()
@@ -79,15 +81,23 @@ class Tracker:
                 log.warning("tracking store back: %s", gap)
                 self.outbox.down = None
             except Exception:
+                self.outbox.spool({"kind": "end", "status": status})
                 log.info("tracking store %s has not come back: the run's calls stay in %s and are replayed by "
                          "the next stage that tracks", self.uri, self.outbox.dir)
                 return False
         try:
             retry(lambda: self.mlflow.end_run(status=status), "end_run")
         except Exception as err:
-            log.warning("could not close MLflow run %s (%s)", self.run_id, first_line(err))
+            self.outbox.store_down(first_line(err))
+            self.outbox.spool({"kind": "end", "status": status})
+            log.warning("could not close MLflow run %s (%s): closed by the next stage that tracks", self.run_id, first_line(err))
             return False
         return True
+
+    def replay_spools(self) -> None:
+        """Replay what earlier stages spooled while their store was down (their calls, their closing)."""
+        if self.enabled:
+            Outbox.replay_pending(self.client, self.uri)
 
     def status(self, run_id: str | None) -> str | None:
         """A run's status (RUNNING, FINISHED, KILLED, ...), or None when there is no such run to be read."""

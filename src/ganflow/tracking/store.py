@@ -85,6 +85,9 @@ def quiet_mlflow() -> Any:
     import mlflow
 
     logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger("mlflow").getEffectiveLevel()))
+    # its traceback for every sqlite error (a locked or read-only store: ~200 lines a stage) comes with
+    # an exception that reaches ganflow, which says it in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     return mlflow
 
 
@@ -103,6 +106,23 @@ def _check_sqlite_file(uri: str) -> None:
         with open(path, "rb") as f:
             if f.read(16) != b"SQLite format 3\x00":
                 raise ValueError(f"{path} is not an sqlite database")
+        tables = _tables(path)
+        if tables and not {"alembic_version", "experiments"} & tables:  # MLflow would add its 65 tables to it
+            raise ValueError(f"{path} is another program's sqlite database (tables: {', '.join(sorted(tables)[:5])})")
+
+
+def _tables(path: Path) -> set[str]:
+    """The tables of an sqlite file, read-only (empty when it cannot be read now, e.g. locked)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return set()
 
 
 @contextmanager
@@ -197,8 +217,10 @@ def _experiment(mlflow, client, uri: str, name: str):
 
 
 def follow_moved_project() -> None:
-    """A project moved with `mv` keeps its mlflow.db, whose experiments still name the old path's
-    mlruns/: point them (and their runs) at this project's mlruns/, instead of writing there.
+    """A project moved with `mv` or copied with `cp -a` keeps its mlflow.db, whose experiments still
+    name the old path's mlruns/: point them (and their runs) at this project's mlruns/, instead of
+    writing there (into another project's folder, lost with it). Left alone: a location whose project
+    holds this very mlflow.db (the same store reached by another path).
 
     MLflow has no API to change an experiment's artifact location, so this is SQL on its schema: the
     columns in MOVED_PROJECT_COLUMNS, checked here (a schema without them is left alone, with a
@@ -219,12 +241,14 @@ def follow_moved_project() -> None:
             old = location or ""
             if not old.startswith("file://") or not old.endswith("/mlruns") or old == here:
                 continue
-            if Path(urllib.parse.urlparse(old).path).exists():
-                continue  # another project's store, shared on purpose
+            other_db = Path(urllib.parse.unquote(urllib.parse.urlparse(old).path)).parent / "mlflow.db"
+            if other_db.exists() and other_db.samefile(db):
+                continue  # this store, reached by another path (a symlink)
             con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (here, exp_id))
             con.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?) WHERE experiment_id = ?",
                         (old, here, exp_id))
-            log.warning("the project moved: MLflow artifacts of experiment %s now go to %s (were %s)", exp_id, here, old)
+            log.warning("the project moved or was copied: MLflow artifacts of experiment %s now go to %s (were %s)",
+                        exp_id, here, old)
 
 
 # -- read-only look-ups for the `ganflow` commands ---------------------------------------------
