@@ -20,11 +20,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import run_stage, stage_workspace
+from conftest import ROOT, run_stage, stage_workspace
 from ganflow import GanflowError, tracking
 from ganflow.config import TrackingConfig
 
 INJECT = Path(__file__).parent / "inject"
+INJECT_PATH = f"{INJECT}{os.pathsep}{ROOT / 'src'}"  # its sitecustomize imports ganflow: this checkout's
 TRAIN_OUTS = ["g.pt", "best.pt", "ckpt.pt", "run.json", "log.tsv", "fid.tsv", "grid.png"]
 
 
@@ -115,7 +116,7 @@ def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path
     uri = f"http://127.0.0.1:{port}"
     t0 = time.time()
     r = train(ws, tmp_path, params_with(ws, tmp_path, uri=uri), env={
-        "MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(INJECT), "GANFLOW_TEST_SIGKILL_GROUP_AT": f"{server.pid}:12"})
+        "MLFLOW_TRACKING_URI": "", "PYTHONPATH": INJECT_PATH, "GANFLOW_TEST_SIGKILL_GROUP_AT": f"{server.pid}:12"})
     server.wait(timeout=10)
     assert r.returncode == 0, r.stderr[-3000:]
     assert time.time() - t0 < 120  # no minutes of HTTP retries
@@ -213,7 +214,7 @@ def test_a_locked_store_never_blocks_the_training_loop(mnist, tmp_path, monkeypa
 
 
 def test_a_run_killed_before_its_first_checkpoint_is_marked_killed(ws, tmp_path):
-    env = {"MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(INJECT), "GANFLOW_TEST_KILL": "log.tsv:1"}
+    env = {"MLFLOW_TRACKING_URI": "", "PYTHONPATH": INJECT_PATH, "GANFLOW_TEST_KILL": "log.tsv:1"}
     r = train(ws, tmp_path, params_with(ws, tmp_path), env=env, new_session=True)
     assert r.returncode == -signal.SIGKILL and not (tmp_path / "ckpt.pt").exists()
     r = train(ws, tmp_path, params_with(ws, tmp_path), env={"MLFLOW_TRACKING_URI": ""})
@@ -309,8 +310,9 @@ def test_a_store_down_with_an_unwritable_spool_never_stops_training(mnist, tmp_p
     summary = trainer.run(paths(tmp_path), LoopHooks(t))
     t.log_metrics(summary)  # the store is down: straight to the (unwritable) spool, in this thread
     t.end()
-    assert trainer.state.step == 20 and not thread_errors
-    assert t.down and t.outbox.dropped
+    assert trainer.state.step == 20 and not thread_errors and t.outbox.dropped
+    gap = MlflowClient(tracking.local_uri()).get_run(t.run_id).data.tags[tracking.TAG_GAP]  # the store came back
+    assert "later calls were lost (the spool could not be written" in gap
     dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert len(dropped) == 1 and "training goes on" in dropped[0].getMessage()
 
@@ -363,6 +365,7 @@ def test_a_run_that_finished_while_the_store_was_down_is_finished_never_killed(t
 
     def train_while_the_store_dies(hooks):
         monkeypatch.setattr(first.outbox, "send", lambda item: (_ for _ in ()).throw(ConnectionError("store gone")))
+        monkeypatch.setattr(first.outbox, "run_state", lambda: "down")
         hooks.on_metrics({"loss_D": 1.0}, 20)
         return {"train_img_per_s": 1.0}
 
@@ -474,3 +477,32 @@ def test_a_model_logged_while_the_store_is_down_arrives_registered_when_it_is_ba
     assert client.get_run(t.run_id).info.status == "FINISHED"
     main(["sample", "--model", f"models:/ganflow-generator/{version.version}", "-n", "10", "--out", str(tmp_path / "g.png")])
     assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_a_checkpoint_whose_run_is_in_another_store_is_logged_here_once(tmp_path, monkeypatch):
+    """Issue 20 S8: nothing is left to train, but the run that trained the checkpoint is not in this
+    store: the first re-run logs it into a new run here; later re-runs (an evaluate.batch_size change)
+    reuse that run instead of making (and registering) another identical one each time."""
+    from types import SimpleNamespace
+
+    from ganflow.config import Params, TrainConfig
+    from ganflow.tracking import policy
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("")
+    params = Params(train=TrainConfig(steps=20), tracking=TrackingConfig())
+    args = (params, "params.yaml", tmp_path / "run.json", tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
+    elsewhere = "f" * 32  # the checkpoint's run, in the store it was trained with
+    made = []
+    for attempt in range(3):
+        trainer = SimpleNamespace(resumed={"run_id": elsewhere, "step": 20}, state=SimpleNamespace(step=20), extra={})
+        t = tracking.Tracker(TrackingConfig())
+        policy.train_run(t, trainer, lambda hooks: {}, [], *args, main=False)
+        if t.run_id:
+            made.append(t.run_id)
+            t.write_handle(tmp_path / "run.json")  # what main=True writes (without logging a model)
+    client = MlflowClient(tracking.local_uri())
+    assert len(made) == 1 and len(client.search_runs([t.store.experiment_id])) == 1
+    assert yaml.safe_load((tmp_path / "run.json").read_text())["run_id"] == made[0]

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ganflow import metrics
+from ganflow import GanflowError, metrics
 from ganflow.config import flatten
 from ganflow.tracking.registry import annotate, contract, log_model, promote
 from ganflow.tracking.names import (TAG_BASELINE_COMMIT, TAG_DATA, TAG_EVALUATOR, TAG_NOTE, TAG_PARENT, TAG_PROJECT,
@@ -48,9 +48,10 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     """The train stage's run around `train(hooks)` (the training loop; returns its summary).
 
     - Nothing left to train (`dvc repro -f`, a logging-only change) and the run that trained it closed
-      properly: no new run, no new model version; `train` writes the outputs again from the checkpoint
-      and run_handle names that run. Returns None. (A run killed after its last step is continued by a
-      new run instead, which logs the model it could not.)
+      properly (or, when that run is in another store, the run that logged the model here did): no new
+      run, no new model version; `train` writes the outputs again from the checkpoint and run_handle
+      names that run. Returns None. (A run killed after its last step is continued by a new run
+      instead, which logs the model it could not.) Spools left by earlier stages are replayed first.
     - Else a new run: provenance tags, params, the params file, the training data; a resumed attempt
       links to the interrupted one (closed as KILLED) and carries its whole `history` (rows, columns);
       the loop logs through the hooks; then the summary, the generator (registered and described).
@@ -60,12 +61,13 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     previous = (trainer.resumed or {}).get("run_id")
     hooks = LoopHooks(tracker)
     tracker.replay_spools()  # first: a run that finished while the store was down is closed as FINISHED now
-    if trainer.state.step >= params.train.steps and tracker.status(previous) == "FINISHED":
+    done = _finished_run(tracker, previous, run_handle) if trainer.state.step >= params.train.steps else None
+    if done:
         train(hooks)  # the tracker has no run: nothing is logged
         if main:
-            tracker.write_handle(run_handle, previous)
+            tracker.write_handle(run_handle, done)
             log.info("nothing left to train: the model and MLflow run %s are the ones that trained it "
-                     "(train.resume: false retrains from scratch)", previous)
+                     "(train.resume: false retrains from scratch)", done)
         return None
 
     flat = flatten(params)
@@ -89,10 +91,9 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
         if main:
             net = trainer.net_cfg
             log_model(tracker, *trainer.export_generator(),
-                               metadata={"z_dim": net.z_dim, "n_classes": net.n_classes, "arch": trainer.cfg.arch})
+                      metadata={"z_dim": net.z_dim, "n_classes": net.n_classes, "arch": trainer.cfg.arch})
             annotate(tracker, {"run_name": name, "data_sha256": data_sha256, **dvc_tags(),
-                                        TAG_BASELINE_COMMIT: tags[TAG_BASELINE_COMMIT]},
-                              contract(trainer.cfg.arch, net))
+                               TAG_BASELINE_COMMIT: tags[TAG_BASELINE_COMMIT]}, contract(trainer.cfg.arch, net))
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -101,6 +102,24 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     if tracker.end() and attempt is not None:
         attempt.unlink(missing_ok=True)
     return summary
+
+
+def _finished_run(tracker: Tracker, previous: str | None, run_handle: str | Path) -> str | None:
+    """The FINISHED run of this store that holds the checkpoint's model: the run that trained it, or
+    (when that run is in another store) the run that logged it here after a resume with nothing left to
+    train, named in the run handle. None when there is none: a new run logs the model."""
+    if not previous:
+        return None
+    if tracker.status(previous) == "FINISHED":
+        return previous
+    try:
+        handle = read_handle(run_handle)
+    except GanflowError:
+        return None
+    run = tracker.get_run(handle)
+    if run and run.info.status == "FINISHED" and run.data.tags.get(TAG_RESUMED_FROM) == previous:
+        return handle
+    return None
 
 
 def _claim_attempt(tracker: Tracker) -> Path | None:
