@@ -108,3 +108,17 @@ def test_every_stage_runs_the_ganflow_of_its_own_checkout(tmp_path):
     for script in stage_scripts().values():
         out = subprocess.run([sys.executable, f"stages/{script.name}", "--help"], cwd=tmp_path, capture_output=True, text=True)
         assert out.returncode == 0 and out.stdout.startswith("ganflow from the copy"), (script.name, out.stdout[:200], out.stderr[-500:])
+
+
+def test_no_module_imports_another_modules_private_name():
+    """`from ganflow.x import _name` couples a module to another's internals (stages/train.py once
+    imported tracking's `_dvc_tags`): a name another module needs is public."""
+    import ast
+
+    found = []
+    for path in [*deps.PACKAGE_DIR.rglob("*.py"), *(ROOT / "stages").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ganflow"):
+                found += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from conftest import ROOT
 from ganflow import __version__, tracking
+from ganflow.tracking import registry
 from ganflow.cli import main
 from ganflow.config import TrackingConfig
 
@@ -35,7 +36,7 @@ def test_champion_moves_only_on_a_better_fid_at_equal_n():
     for fid, n, want in scores:
         t, run_id = version_for_run(fid, n)
         runs.append(run_id)
-        status = t.promote(run_id, {"fid_classifier": fid, "n_samples": n}, "fid_classifier", "n_samples")
+        status = registry.promote(t, run_id, {"fid_classifier": fid, "n_samples": n}, "fid_classifier", "n_samples")
         assert status == want, (fid, n, status)
     client = MlflowClient()
     champ = client.get_model_version_by_alias(MODEL, tracking.CHAMPION)
@@ -78,7 +79,7 @@ def test_sample_from_a_generator_file_and_from_a_registered_model(tmp_path, mnis
     t = tracking.Tracker(TrackingConfig())
     t.start()
     model, example = trainer.export_generator()
-    t.log_model(model, example, metadata={"z_dim": 16, "n_classes": trainer.net_cfg.n_classes})  # conditional: auto
+    registry.log_model(t, model, example, metadata={"z_dim": 16, "n_classes": trainer.net_cfg.n_classes})  # conditional: auto
     t.end()
     version = MlflowClient().search_model_versions(f"name='{MODEL}'")[0].version
     main(["sample", "--model", f"models:/{MODEL}/{version}", "-n", "20", "--out", str(tmp_path / "b.png")])

@@ -1,9 +1,13 @@
+import logging
+import sqlite3
+
 import mlflow
 import pytest
 
 from conftest import closed_port
 from ganflow import GanflowError, tracking
 from ganflow.config import TrackingConfig
+from ganflow.tracking import store
 
 
 def test_default_uri_is_the_project_db_also_under_dvc_exp_temp_dirs(tmp_path, monkeypatch):
@@ -38,7 +42,7 @@ def test_params_logged_twice_with_new_values_become_override_tags():
 
 
 def test_locked_database_is_retried(monkeypatch):
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(store.time, "sleep", lambda s: None)
     calls = []
 
     def flaky():
@@ -47,9 +51,9 @@ def test_locked_database_is_retried(monkeypatch):
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking._retry(flaky, "test") == "ok" and len(calls) == 3
+    assert store.retry(flaky, "test") == "ok" and len(calls) == 3
     with pytest.raises(ValueError):
-        tracking._retry(lambda: (_ for _ in ()).throw(ValueError("other")), "test")
+        store.retry(lambda: (_ for _ in ()).throw(ValueError("other")), "test")
 
 
 def test_unreachable_server_fails_fast_unless_fallback_chosen(tmp_path, monkeypatch):
@@ -70,3 +74,43 @@ def test_log_table_shows_rows_as_an_mlflow_table(tmp_path, monkeypatch):
     t.end()
     table = mlflow.load_table("per_class.json", run_ids=[t.run_id])
     assert table["coverage"].tolist() == [0.5, 0.25]
+
+
+def test_mlflow_schema_has_the_columns_a_moved_project_rewrites(tmp_path):
+    """store.follow_moved_project edits MLflow's sqlite schema directly (MLflow has no API to change an
+    experiment's artifact location): this fails loudly when an MLflow upgrade renames what it edits."""
+    tracking.Tracker(TrackingConfig())  # creates and migrates the store at MLFLOW_TRACKING_URI
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        for table, columns in store.MOVED_PROJECT_COLUMNS.items():
+            have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+            assert set(columns) <= have, f"MLflow's {table} table lost {set(columns) - have}: fix store.follow_moved_project"
+
+
+def test_another_programs_sqlite_file_is_refused_not_filled(tmp_path, monkeypatch):
+    """Issue 20: a non-empty sqlite database that is not MLflow's, at the store path, is one error line;
+    MLflow's tables are not added to it."""
+    db = tmp_path / "notes.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE notes (text TEXT)")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.sqlite_uri(db))
+    with pytest.raises(GanflowError, match=f"{db} is another program's sqlite database \\(tables: notes\\)"):
+        tracking.Tracker(TrackingConfig())
+    with sqlite3.connect(db) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["notes"]
+
+
+def test_a_locked_store_costs_no_mlflow_traceback(tmp_path, caplog):
+    """Issue 20: MLflow logs a traceback for every sqlite error (a locked or read-only store), ~200 lines
+    a stage; the exception reaches ganflow, which says it once. None of MLflow's ERROR records is emitted."""
+    t = tracking.Tracker(TrackingConfig())
+    t.start()
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    caplog.set_level("INFO")
+    try:
+        with pytest.raises(Exception, match="locked"):
+            t.client.set_tag(t.run_id, "k", "v")
+    finally:
+        holder.execute("COMMIT")
+    assert not [r for r in caplog.records if r.name.startswith("mlflow") and r.levelno >= logging.ERROR]
+    t.end()

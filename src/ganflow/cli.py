@@ -85,15 +85,11 @@ def _tracking(params_path: str):
 
 
 def list_runs(a) -> None:
-    import mlflow
+    from ganflow.config import load_params
+    from ganflow.tracking import store
 
-    cfg, uri = _tracking(a.params)
-    mlflow.set_tracking_uri(uri)
-    try:
-        runs = mlflow.search_runs(experiment_names=[cfg.experiment], output_format="list",
-                                  order_by=["start_time DESC"], max_results=a.limit)
-    except Exception as err:
-        raise GanflowError(f"tracking store {uri}: cannot list runs ({type(err).__name__})") from None
+    cfg = load_params(a.params).tracking
+    uri, runs = store.search_runs(cfg, a.limit)
     if not runs:
         print(f"no runs in experiment {cfg.experiment!r} at {uri}")
         return
@@ -148,20 +144,13 @@ def sample_grid(a) -> None:
 def evaluate_folder(a) -> None:
     import logging
 
-    from ganflow import data, metrics
-    from ganflow.accel import select_device
     from ganflow.config import Params, load_params
-    from ganflow.evaluation import evaluate
+    from ganflow.evaluation import evaluate_folder as evaluate
     from ganflow.io import write_json
-    from ganflow.sampling import PngFolder
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     params = load_params(a.params) if Path(a.params).is_file() else Params()
-    cfg = params.evaluate
-    device = select_device(params.train.device)
-    ds, meta = data.load_prepared(a.prepared)
-    samples = PngFolder(a.samples, meta["shape"])
-    report = evaluate(samples, ds, a.evaluator, metrics.resolve_inception_weights(cfg), cfg, device, a.seed)
+    report = evaluate(a.samples, a.prepared, a.evaluator, params, a.seed)
     if a.out:
         write_json(a.out, report.results)
     else:
@@ -195,17 +184,13 @@ def serve_ui(a) -> None:
     choice per browser): print such a link, then serve the local store (a server's URL is only printed)."""
     import os
 
-    import mlflow
+    from ganflow.config import load_params
+    from ganflow.tracking import store
 
-    cfg, uri = _tracking(a.params)
-    remote = uri.startswith(("http://", "https://"))
+    uri, exp_id = store.find_experiment(load_params(a.params).tracking)
+    remote = store.is_remote(uri)
     base = uri.rstrip("/") if remote else f"http://127.0.0.1:{a.port}"
-    mlflow.set_tracking_uri(uri)
-    try:
-        exp = mlflow.get_experiment_by_name(cfg.experiment)
-    except Exception as err:
-        raise GanflowError(f"tracking store {uri}: cannot read it ({type(err).__name__})") from None
-    where = f"/#/experiments/{exp.experiment_id}/runs" if exp else "/#/experiments"
+    where = f"/#/experiments/{exp_id}/runs" if exp_id else "/#/experiments"
     print(f"{base}{where}?workflowType=machine_learning", flush=True)
     if a.print_url or remote:
         return

@@ -331,6 +331,11 @@ _Yaml12Loader.yaml_implicit_resolvers = {  # integers before floats, so `10` sta
 }
 
 
+def read_yaml(text: str) -> Any:
+    """YAML text read as DVC reads params.yaml (YAML 1.2, see _Yaml12Loader); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def _missing_keys(raw: dict, model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
     """Keys of the model that the file does not set (DVC refuses a params.yaml without them)."""
     missing = []

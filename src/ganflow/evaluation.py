@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,12 +17,14 @@ import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 
-from ganflow import GanflowError, evaluator, metrics as m
+from ganflow import GanflowError, data, evaluator, metrics as m
+from ganflow.accel import select_device
 from ganflow.config import EvaluatorConfig
 from ganflow.data import ImageSet, content_hash
+from ganflow.sampling import PngFolder
 
 if TYPE_CHECKING:
-    from ganflow.config import EvaluateConfig
+    from ganflow.config import EvaluateConfig, Params
 
 log = logging.getLogger("ganflow.evaluation")
 SEED = m.TF_DEFAULTS["rng_seed"]  # every resample and subset of the protocol draws from it
@@ -151,3 +154,17 @@ def comparable(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         return []
     diff = [f"{k}: {pa.get(k)} vs {pb.get(k)}" for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)]
     return diff or [f"protocol: {a.get(m.KEY_PROTOCOL)} vs {b.get(m.KEY_PROTOCOL)}"]
+
+
+def evaluate_folder(samples_dir: str | Path, prepared: str | Path, evaluator_path: str | Path, params: Params,
+                    sample_seed: int | None = None) -> Report:
+    """The evaluate flow on a folder of PNGs, shared by the evaluate stage and `ganflow evaluate`:
+    Inception weights resolved first (fails when evaluate.inception is on and none can be had), the
+    prepared data, the samples read lazily batch by batch, scored on train.device."""
+    inception = m.resolve_inception_weights(params.evaluate)
+    ds, meta = data.load_prepared(prepared)
+    samples = PngFolder(samples_dir, meta["shape"])
+    t0 = time.perf_counter()
+    report = evaluate(samples, ds, evaluator_path, inception, params.evaluate, select_device(params.train.device), sample_seed)
+    log.info("scored %d samples in %.1f s", len(samples), time.perf_counter() - t0)
+    return report

@@ -2,6 +2,7 @@
 not MLflow at all costs at most one line (at start) or one warning (mid-run), never a checkpoint,
 never a metric. Real MLflow servers and sqlite stores, on loopback only."""
 
+import getpass
 import http.server
 import os
 import signal
@@ -14,16 +15,18 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import run_stage, stage_workspace
+from conftest import ROOT, run_stage, stage_workspace
 from ganflow import GanflowError, tracking
 from ganflow.config import TrackingConfig
 from ganflow.outputs import TRAIN_FILE_NAMES
 
 INJECT = Path(__file__).parent / "inject"
+INJECT_PATH = f"{INJECT}{os.pathsep}{ROOT / 'src'}"  # its sitecustomize imports ganflow: this checkout's
 
 
 def free_port() -> int:
@@ -113,7 +116,7 @@ def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path
     uri = f"http://127.0.0.1:{port}"
     t0 = time.time()
     r = train(ws, tmp_path, params_with(ws, tmp_path, uri=uri), env={
-        "MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(INJECT), "GANFLOW_TEST_SIGKILL_GROUP_AT": f"{server.pid}:12"})
+        "MLFLOW_TRACKING_URI": "", "PYTHONPATH": INJECT_PATH, "GANFLOW_TEST_SIGKILL_GROUP_AT": f"{server.pid}:12"})
     server.wait(timeout=10)
     assert r.returncode == 0, r.stderr[-3000:]
     assert time.time() - t0 < 120  # no minutes of HTTP retries
@@ -211,7 +214,7 @@ def test_a_locked_store_never_blocks_the_training_loop(mnist, tmp_path, monkeypa
 
 
 def test_a_run_killed_before_its_first_checkpoint_is_marked_killed(ws, tmp_path):
-    env = {"MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(INJECT), "GANFLOW_TEST_KILL": "log.tsv:1"}
+    env = {"MLFLOW_TRACKING_URI": "", "PYTHONPATH": INJECT_PATH, "GANFLOW_TEST_KILL": "log.tsv:1"}
     r = train(ws, tmp_path, params_with(ws, tmp_path), env=env, new_session=True)
     assert r.returncode == -signal.SIGKILL and not (tmp_path / "checkpoint.pt").exists()
     r = train(ws, tmp_path, params_with(ws, tmp_path), env={"MLFLOW_TRACKING_URI": ""})
@@ -261,15 +264,15 @@ def test_a_store_that_fails_mid_run_spools_and_replays(tmp_path, monkeypatch):
     t = tracking.Tracker(TrackingConfig())
     t.start()
     t.log_metrics({"loss": 1.0}, step=1)
-    t._flush_quietly()
-    real_send = t._send
-    monkeypatch.setattr(t, "_send", lambda item: (_ for _ in ()).throw(ConnectionError("store gone")))
+    t.flush()
+    real_send = t.outbox.send
+    monkeypatch.setattr(t.outbox, "send", lambda item: (_ for _ in ()).throw(ConnectionError("store gone")))
     for step in (2, 3):
         t.log_metrics({"loss": float(step)}, step=step)
     t.log_image(__import__("numpy").zeros((4, 4, 3), "uint8"), "grid", 3)
-    t._flush_quietly()
-    assert t.down and len(tracking.Spool(t.run_id).items()) == 3
-    monkeypatch.setattr(t, "_send", real_send)
+    t.flush()
+    assert t.down and len(t.outbox.items()) == 3
+    monkeypatch.setattr(t.outbox, "send", real_send)
     t.end()  # the store answers again: replayed at the end of the stage
     client = MlflowClient(tracking.local_uri())
     assert [m.step for m in client.get_metric_history(t.run_id, "loss")] == [1, 2, 3]
@@ -281,3 +284,225 @@ def test_a_store_under_a_file_is_a_ganflow_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'afile' / 'x.db'}")
     with pytest.raises(GanflowError, match=f"tracking store sqlite:///{tmp_path / 'afile' / 'x.db'}: not a usable MLflow store"):
         tracking.Tracker(TrackingConfig())
+
+
+def test_a_store_down_with_an_unwritable_spool_never_stops_training(mnist, tmp_path, monkeypatch, caplog):
+    """Issue 20 C1: the store fails mid-run and the spool cannot be written either (here `.ganflow/spool`
+    is a file: as a read-only or full disk, for root too). One warning, the tracking is dropped, and the
+    training finishes: no exception in the loop's thread or in the worker's."""
+    from ganflow.config import parse_params
+    from ganflow.tracking.policy import LoopHooks
+    from ganflow.training import Trainer
+    from test_training import paths
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    thread_errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
+    t = tracking.Tracker(TrackingConfig())
+    t.start()
+    (tmp_path / ".ganflow").mkdir(exist_ok=True)
+    (tmp_path / ".ganflow" / "spool").write_text("a file where the spool's folder would go")
+    monkeypatch.setattr(t.outbox, "send", lambda item: (_ for _ in ()).throw(ConnectionError("store gone")))
+    trainer = Trainer(parse_params({"train": {"steps": 20, "batch_size": 16, "width": 8, "z_dim": 16, "ema": 0.0,
+                                              "log_every": 2, "sample_every": 5, "checkpoint_every": 10,
+                                              "device": "cpu"}}), mnist, "x")
+    summary = trainer.run(paths(tmp_path), LoopHooks(t))
+    t.log_metrics(summary)  # the store is down: straight to the (unwritable) spool, in this thread
+    t.end()
+    assert trainer.state.step == 20 and not thread_errors and t.outbox.dropped
+    gap = MlflowClient(tracking.local_uri()).get_run(t.run_id).data.tags[tracking.TAG_GAP]  # the store came back
+    assert "later calls were lost (the spool could not be written" in gap
+    dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "training goes on" in dropped[0].getMessage()
+
+
+@pytest.mark.parametrize("whose", ["own", "another experiment", "another project", "another user"])
+def test_an_attempt_file_marks_only_this_projects_own_runs_killed(mnist, tmp_path, monkeypatch, whose):
+    """Issue 20 S7: .ganflow/train-run.json names the run an earlier attempt left open; the next attempt
+    closes it as KILLED only when it is this project's (same experiment, project root and user). A
+    teammate's running run named there (a copied file) is left running."""
+    from types import SimpleNamespace
+
+    from ganflow.config import Params
+    from ganflow.tracking import names, policy
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    t = tracking.Tracker(TrackingConfig())
+    client = MlflowClient(tracking.local_uri())
+    experiment = client.create_experiment("theirs") if whose == "another experiment" else t.store.experiment_id
+    tags = {names.TAG_PROJECT: "/elsewhere" if whose == "another project" else str(tracking.project_root()),
+            names.TAG_USER: "someone-else" if whose == "another user" else getpass.getuser()}
+    other = client.create_run(experiment, tags=tags).info.run_id  # RUNNING: an attempt killed before its first checkpoint
+    (tmp_path / ".ganflow").mkdir()
+    (tmp_path / ".ganflow" / "train-run.json").write_text(f'{{"run_id": "{other}"}}')
+    (tmp_path / "params.yaml").write_text("")
+    trainer = SimpleNamespace(resumed=None, state=SimpleNamespace(step=0), extra={})
+    params = Params(tracking=TrackingConfig())
+    policy.train_run(t, trainer, lambda hooks: {"loss": 1.0}, [], params, "params.yaml", tmp_path / "run.json",
+                     tmp_path / "params.yaml", mnist.images[:2], "sha", "mnist", main=False)
+    assert client.get_run(other).info.status == ("KILLED" if whose == "own" else "RUNNING")
+    assert client.get_run(t.run_id).info.status == "FINISHED"
+
+
+def test_a_run_that_finished_while_the_store_was_down_is_finished_never_killed(tmp_path, monkeypatch):
+    """Issue 20 S6: the store fails mid-run and is still down when the stage ends, so the run cannot be
+    closed. The next attempt (nothing left to train) replays the spool first: the run ends FINISHED with
+    its metrics, is not marked KILLED, and no second run is made."""
+    from types import SimpleNamespace
+
+    from ganflow.config import Params, TrainConfig
+    from ganflow.tracking import policy
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("")
+    params = Params(train=TrainConfig(steps=20), tracking=TrackingConfig())
+    first = tracking.Tracker(TrackingConfig())
+
+    def train_while_the_store_dies(hooks):
+        monkeypatch.setattr(first.outbox, "send", lambda item: (_ for _ in ()).throw(ConnectionError("store gone")))
+        monkeypatch.setattr(first.outbox, "run_state", lambda: "down")
+        hooks.on_metrics({"loss_D": 1.0}, 20)
+        return {"train_img_per_s": 1.0}
+
+    trainer = SimpleNamespace(resumed=None, state=SimpleNamespace(step=0), extra={})
+    args = (params, "params.yaml", tmp_path / "run.json", tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
+    policy.train_run(first, trainer, train_while_the_store_dies, [], *args, main=False)
+    client = MlflowClient(tracking.local_uri())
+    assert client.get_run(first.run_id).info.status == "RUNNING"  # the store was down at the end
+
+    again = SimpleNamespace(resumed={"run_id": first.run_id, "step": 20}, state=SimpleNamespace(step=20), extra={})
+    second = tracking.Tracker(TrackingConfig())
+    assert policy.train_run(second, again, lambda hooks: {}, [], *args, main=True) is None  # nothing left to train
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(first.run_id, "loss_D")] == [20]
+    assert second.run_id is None and len(client.search_runs([first.store.experiment_id])) == 1
+    assert yaml.safe_load((tmp_path / "run.json").read_text())["run_id"] == first.run_id
+
+
+def test_spool_hygiene(tmp_path, monkeypatch, caplog):
+    """Issue 20 S11: a spooled call the store refuses is dropped (the good ones are sent once, never
+    again); an item naming a file outside its spool is refused; a line cut short is reported; a spool
+    whose run the store lacks is kept and said so once, not at every stage."""
+    from ganflow.tracking.outbox import Outbox
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    t = tracking.Tracker(TrackingConfig())
+    t.start()
+    t.end()
+    np.save(tmp_path / "secret.npy", np.zeros((4, 4, 3), "uint8"))
+    box = Outbox(t.client, t.run_id)
+    box.spool({"kind": "metrics", "metrics": {"m": 1.0}, "step": 1, "ts": 0})
+    box.spool({"kind": "metrics", "metrics": {"a/../b": 2.0}, "step": 2, "ts": 0})  # MLflow refuses the name
+    box.spool({"kind": "image", "image_file": "../../secret.npy", "key": "leak", "step": 2, "ts": 0})
+    box.spool({"kind": "metrics", "metrics": {"m": 3.0}, "step": 3, "ts": 0})
+    with open(box.dir / "items.jsonl", "a") as f:
+        f.write('{"kind": "metrics", "metr')  # a kill mid-write
+    caplog.set_level("INFO")
+    for _ in range(2):  # two later stages
+        Outbox.replay_pending(t.client, t.uri)
+    assert [m.step for m in t.client.get_metric_history(t.run_id, "m")] == [1, 3]
+    assert t.client.list_artifacts(t.run_id) == []  # the outside file was not uploaded
+    assert not box.dir.exists()
+    said = [r.getMessage() for r in caplog.records]
+    assert len([s for s in said if "refused and is dropped" in s]) == 2
+    assert len([s for s in said if "outside the spool" in s]) == 1
+    assert len([s for s in said if "1 spooled line(s)" in s]) == 1
+    assert "2 refused by the store and 1 unreadable" in t.client.get_run(t.run_id).data.tags[tracking.TAG_GAP]
+
+    ghost = Outbox(t.client, "0" * 32)  # a spool of a run that is in another store
+    ghost.spool({"kind": "metrics", "metrics": {"m": 1.0}, "step": 1, "ts": 0})
+    caplog.clear()
+    for _ in range(3):
+        Outbox.replay_pending(t.client, t.uri)
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1 and ghost.dir.exists()
+
+
+def test_a_copied_project_logs_its_artifacts_into_its_own_mlruns(tmp_path, monkeypatch):
+    """Issue 20 S10: a project copied with `cp -a` (its mlflow.db names the original's mlruns/) logs
+    into its own mlruns/, so deleting the original loses nothing of the copy's."""
+    import shutil
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    first_run = "from ganflow import tracking, config; t = tracking.Tracker(config.TrackingConfig()); t.start(); t.end()"
+    subprocess.run([sys.executable, "-c", first_run], env={**os.environ, "DVC_ROOT": str(old)}, check=True, capture_output=True)
+    shutil.copytree(old, new, symlinks=True)  # cp -a
+    monkeypatch.setenv("DVC_ROOT", str(new))
+    (new / "note.txt").write_text("the copy's artifact")
+    t = tracking.Tracker(TrackingConfig())
+    t.start()
+    t.log_artifact(new / "note.txt")
+    t.end()
+    shutil.rmtree(old)  # the user deletes the original
+    assert [p.read_text() for p in (new / "mlruns").rglob("note.txt")] == ["the copy's artifact"]
+    assert MlflowClient(tracking.local_uri()).get_run(t.run_id).info.artifact_uri.startswith((new / "mlruns").as_uri())
+
+
+def test_a_model_logged_while_the_store_is_down_arrives_registered_when_it_is_back(mnist, tmp_path, monkeypatch):
+    """Issue 20 S6: the store fails before the end of training; the generator (and its version's tags
+    and description) wait in the spool and are logged and registered when the store is back, in a form
+    `ganflow sample --model models:/…` reads."""
+    from ganflow.cli import main
+    from ganflow.config import parse_params
+    from ganflow.tracking import registry
+    from ganflow.training import Trainer
+    from test_training import paths
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    trainer = Trainer(parse_params({"train": {"steps": 1, "batch_size": 16, "width": 8, "z_dim": 16, "device": "cpu"}}), mnist, "x")
+    trainer.run(paths(tmp_path))
+    t = tracking.Tracker(TrackingConfig())
+    t.start()
+    real_send = t.outbox.send
+    monkeypatch.setattr(t.outbox, "send", lambda item: (_ for _ in ()).throw(ConnectionError("store gone")))
+    t.log_metrics({"loss_D": 1.0}, step=1)
+    t.flush()
+    assert t.down
+    model, example = trainer.export_generator()
+    assert registry.log_model(t, model, example, metadata={"z_dim": 16, "n_classes": trainer.net_cfg.n_classes}) is None
+    registry.annotate(t, {"run_name": "r"}, "the contract")
+    monkeypatch.setattr(t.outbox, "send", real_send)
+    t.end()  # the store is back
+    client = MlflowClient(tracking.local_uri())
+    [version] = client.search_model_versions(f"name='ganflow-generator' and run_id='{t.run_id}'")
+    assert version.tags["run_name"] == "r" and version.description == "the contract"
+    assert client.get_run(t.run_id).info.status == "FINISHED"
+    main(["sample", "--model", f"models:/ganflow-generator/{version.version}", "-n", "10", "--out", str(tmp_path / "g.png")])
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_a_checkpoint_whose_run_is_in_another_store_is_logged_here_once(tmp_path, monkeypatch):
+    """Issue 20 S8: nothing is left to train, but the run that trained the checkpoint is not in this
+    store: the first re-run logs it into a new run here; later re-runs (an evaluate.batch_size change)
+    reuse that run instead of making (and registering) another identical one each time."""
+    from types import SimpleNamespace
+
+    from ganflow.config import Params, TrainConfig
+    from ganflow.tracking import policy
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("")
+    params = Params(train=TrainConfig(steps=20), tracking=TrackingConfig())
+    args = (params, "params.yaml", tmp_path / "run.json", tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
+    elsewhere = "f" * 32  # the checkpoint's run, in the store it was trained with
+    made = []
+    for attempt in range(3):
+        trainer = SimpleNamespace(resumed={"run_id": elsewhere, "step": 20}, state=SimpleNamespace(step=20), extra={})
+        t = tracking.Tracker(TrackingConfig())
+        policy.train_run(t, trainer, lambda hooks: {}, [], *args, main=False)
+        if t.run_id:
+            made.append(t.run_id)
+            t.write_handle(tmp_path / "run.json")  # what main=True writes (without logging a model)
+    client = MlflowClient(tracking.local_uri())
+    assert len(made) == 1 and len(client.search_runs([t.store.experiment_id])) == 1
+    assert yaml.safe_load((tmp_path / "run.json").read_text())["run_id"] == made[0]

@@ -1,0 +1,21 @@
+"""The names ganflow gives things in MLflow: run and model-version tags, the logged model, the alias."""
+
+MODEL_NAME = "generator"  # the logged model's name inside its run
+CHAMPION = "champion"  # the registered model's alias for the best version at equal N
+
+TAG_DVC_EXP = "dvc.exp_name"
+TAG_DVC_BASELINE = "dvc.baseline_rev"
+TAG_RESUMED_FROM = "ganflow.resumed_from_run"
+TAG_RESUMED_STEP = "ganflow.resumed_from_step"
+TAG_GAP = "ganflow.tracking_gap"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+TAG_NOTE = "mlflow.note.content"  # the run's description in the UI
+TAG_PARENT = "mlflow.parentRunId"
+TAG_USER = "mlflow.user"
+TAG_BASELINE_COMMIT = "ganflow.baseline_commit"
+TAG_PARAMS_DIFF = "ganflow.params_diff"
+TAG_DIRTY = "ganflow.code_dirty"
+TAG_DATA = "ganflow.data_sha256"
+TAG_EVALUATOR = "ganflow.evaluator_sha256"
+TAG_PROJECT = "ganflow.project_root"  # where the run's project lives (an attempt marks only its own runs)
+TAG_STATUS = "ganflow.status"  # of a model version: champion | candidate

@@ -1,0 +1,204 @@
+"""Each stage's MLflow run policy: which run a stage logs into, what it logs, when a model version
+is registered and promoted, and what closes a run. The stages call one function each."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from ganflow import GanflowError, metrics
+from ganflow.config import flatten
+from ganflow.tracking.registry import annotate, contract, log_model, promote
+from ganflow.tracking.names import (TAG_BASELINE_COMMIT, TAG_DATA, TAG_EVALUATOR, TAG_NOTE, TAG_PARENT, TAG_PROJECT,
+                                    TAG_RESUMED_FROM, TAG_RESUMED_STEP, TAG_USER)
+from ganflow.tracking.provenance import dvc_tags, provenance
+from ganflow.tracking.run import Tracker, read_handle
+from ganflow.tracking.store import project_root
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ganflow.config import Params
+
+log = logging.getLogger("ganflow.tracking")
+
+ATTEMPT = Path(".ganflow") / "train-run.json"  # names the train stage's open run while it trains
+
+
+class LoopHooks:
+    """What the training loop reports (the shape of training.Hooks), into the tracker's run."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.tracker.log_metrics(metrics, step)
+
+    def on_grid(self, grid_hwc: np.ndarray, step: int) -> None:
+        self.tracker.log_image(grid_hwc, "train_grid", step)
+
+
+def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[str, float]],
+              history: list[tuple[list[list[float]], tuple[str, ...]]], params: Params, params_file: str | Path,
+              run_handle: str | Path, evaluator: str | Path, images: np.ndarray, data_sha256: str, source: str,
+              main: bool = True) -> dict[str, float] | None:
+    """The train stage's run around `train(hooks)` (the training loop; returns its summary).
+
+    - Nothing left to train (`dvc repro -f`, a logging-only change) and the run that trained it closed
+      properly (or, when that run is in another store, the run that logged the model here did): no new
+      run, no new model version; `train` writes the outputs again from the checkpoint and run_handle
+      names that run. Returns None. (A run killed after its last step is continued by a new run
+      instead, which logs the model it could not.) Spools left by earlier stages are replayed first.
+    - Else a new run: provenance tags, params, the params file, the training data; a resumed attempt
+      links to the interrupted one (closed as KILLED) and carries its whole `history` (rows, columns);
+      the loop logs through the hooks; then the summary, the generator (registered and described).
+      .ganflow/train-run.json names the open run, so a run killed before its first checkpoint is
+      marked KILLED by the next attempt. A failure closes the run as FAILED.
+    """
+    previous = (trainer.resumed or {}).get("run_id")
+    hooks = LoopHooks(tracker)
+    tracker.replay_spools()  # first: a run that finished while the store was down is closed as FINISHED now
+    done = _finished_run(tracker, previous, run_handle) if trainer.state.step >= params.train.steps else None
+    if done:
+        train(hooks)  # the tracker has no run: nothing is logged
+        if main:
+            tracker.write_handle(run_handle, done)
+            log.info("nothing left to train: the model and MLflow run %s are the ones that trained it "
+                     "(train.resume: false retrains from scratch)", done)
+        return None
+
+    flat = flatten(params)
+    name, tags = provenance(flat, params_file, {TAG_DATA: data_sha256, TAG_EVALUATOR: metrics.file_sha256(evaluator),
+                                                TAG_PROJECT: str(project_root())})
+    tracker.start(name=name, tags=tags)
+    attempt = _claim_attempt(tracker)
+    tracker.log_params(flat)
+    tracker.log_artifact(params_file)
+    tracker.log_dataset(images, {"source": f"{source} (training split)", "sha256": data_sha256, "count": len(images)})
+    if trainer.resumed:
+        if previous:
+            _mark_killed(tracker, previous)
+        tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed["step"])})
+        for rows, columns in history:
+            tracker.log_history(rows, columns)
+    trainer.extra["run_id"] = tracker.run_id
+    try:
+        summary = train(hooks)
+        tracker.log_metrics(summary)
+        if main:
+            net = trainer.net_cfg
+            log_model(tracker, *trainer.export_generator(),
+                      metadata={"z_dim": net.z_dim, "n_classes": net.n_classes, "arch": trainer.cfg.arch})
+            annotate(tracker, {"run_name": name, "data_sha256": data_sha256, **dvc_tags(),
+                               TAG_BASELINE_COMMIT: tags[TAG_BASELINE_COMMIT]}, contract(trainer.cfg.arch, net))
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    if main:
+        tracker.write_handle(run_handle)
+    if tracker.end() and attempt is not None:
+        attempt.unlink(missing_ok=True)
+    return summary
+
+
+def _finished_run(tracker: Tracker, previous: str | None, run_handle: str | Path) -> str | None:
+    """The FINISHED run of this store that holds the checkpoint's model: the run that trained it, or
+    (when that run is in another store) the run that logged it here after a resume with nothing left to
+    train, named in the run handle. None when there is none: a new run logs the model."""
+    if not previous:
+        return None
+    if tracker.status(previous) == "FINISHED":
+        return previous
+    try:
+        handle = read_handle(run_handle)
+    except GanflowError:
+        return None
+    run = tracker.get_run(handle)
+    if run and run.info.status == "FINISHED" and run.data.tags.get(TAG_RESUMED_FROM) == previous:
+        return handle
+    return None
+
+
+def _claim_attempt(tracker: Tracker) -> Path | None:
+    """Mark the run an earlier attempt left open (named in ATTEMPT) as KILLED; name this run there."""
+    if not tracker.run_id:
+        return None
+    try:
+        previous = json.loads(ATTEMPT.read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous and previous != tracker.run_id:
+        _mark_killed(tracker, previous)
+    try:
+        ATTEMPT.parent.mkdir(parents=True, exist_ok=True)
+        ATTEMPT.write_text(json.dumps({"run_id": tracker.run_id}) + "\n")
+    except OSError as err:
+        log.warning("%s cannot be written (%s): if this attempt is killed, its run stays RUNNING", ATTEMPT, err)
+        return None
+    return ATTEMPT
+
+
+def _mark_killed(tracker: Tracker, run_id: str) -> None:
+    """Close an interrupted attempt's run as KILLED, when it is still RUNNING and one of this project's
+    own attempts: the same experiment, project root and user. Any other run is left alone (a file or
+    checkpoint copied from elsewhere can name a teammate's run)."""
+    run = tracker.get_run(run_id)
+    if run is None or run.info.status != "RUNNING":
+        return
+    tags = run.data.tags
+    if (run.info.experiment_id, tags.get(TAG_PROJECT), tags.get(TAG_USER)) != (tracker.store.experiment_id, str(project_root()), _user()):
+        log.warning("run %s is still RUNNING but is not an attempt of this project's (experiment %s, project %s, user %s): "
+                    "left as it is", run_id, run.info.experiment_id, tags.get(TAG_PROJECT), tags.get(TAG_USER))
+        return
+    tracker.mark(run_id, "KILLED")
+
+
+def _user() -> str | None:
+    """The user MLflow records as mlflow.user for the runs this process starts."""
+    try:
+        return getpass.getuser()
+    except Exception:
+        return None
+
+
+def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, results: dict[str, Any],
+                 per_class: list[dict[str, Any]], artifacts: list[str | Path | None]) -> dict[str, str | None]:
+    """The evaluate stage's run: the scores go into the run that trained the model, unless that run
+    already holds the scores of other sample/evaluate params (another experiment's): then into a new
+    run nested under it, never over them. With the scores: the sample/evaluate params, `artifacts`
+    (those that exist), the protocol as tags, the per-class table; the trained model version is
+    promoted when it beats the champion. Returns the run ids, for `dvc exp show`."""
+    train_run = read_handle(run_handle)
+    if tracker.enabled:
+        scores = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+        _open_scores_run(tracker, train_run, params)
+        tracker.log_params({k: v for k, v in flatten(params).items() if k.split(".")[0] in ("sample", "evaluate")})
+        tracker.log_metrics(scores)
+        for path in artifacts:
+            if path and Path(path).is_file():
+                tracker.log_artifact(path)
+        status = promote(tracker, train_run, scores, metrics.key("fid", "classifier"), metrics.KEY_N_SAMPLES)
+        if status:
+            log.info("registered generator of run %s: %s", train_run, status)
+        protocol = results[metrics.KEY_PROTOCOL_DETAIL]
+        tracker.set_tags({f"protocol.{k}": str(v) for k, v in protocol.items()} | {"protocol": results[metrics.KEY_PROTOCOL]})
+        tracker.log_table(per_class, "per_class.json")
+        tracker.end()
+    return {"mlflow_run_id": tracker.run_id, "mlflow_train_run_id": train_run}
+
+
+def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params) -> None:
+    mine = {k: v for k, v in flatten(params).items() if k.split(".")[0] in ("sample", "evaluate")}
+    run = tracker.get_run(train_run)
+    data = run.data if run else None
+    if data and metrics.key("fid", "classifier") in data.metrics and any(data.params.get(k) != str(v) for k, v in mine.items()):
+        changed = {k: (data.params.get(k), v) for k, v in mine.items() if data.params.get(k) != str(v)}
+        name = f"{data.tags.get('mlflow.runName', train_run)} · " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, (_, v) in changed.items())
+        tags = {TAG_PARENT: train_run, TAG_NOTE: f"Evaluation of the model trained in run {train_run} with "
+                + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())}
+        tracker.start(name=name[:120], tags=tags)
+    else:
+        tracker.start(run_id=train_run)
