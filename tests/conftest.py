@@ -28,10 +28,69 @@ TINY = {
 }
 
 
+# Test tiers (pyproject.toml registers them): `make test-fast` runs `-m unit`, `make test` runs all.
+#   unit:  in-process only (the default: a test with no tier mark is unit, and may not start Python or dvc)
+#   stage: starts a stage script, the ganflow CLI or another Python process
+#   dvc:   runs real dvc in a temporary project
+TIERS = ("unit", "stage", "dvc")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test gets exactly one tier: its own mark, or its module's, or unit."""
+    for item in items:
+        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: more than one tier mark ({', '.join(sorted(tiers))})")
+        if not tiers:
+            item.add_marker("unit")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    """No test touches the network, the user's torch cache or the project's MLflow DB."""
+def _in_process_only(request, monkeypatch):
+    """A unit test that starts Python or dvc belongs to the stage or dvc tier: say so instead of running it."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    import subprocess
+
+    popen_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **kw):
+        argv = [args] if isinstance(args, (str, Path)) else list(args)
+        program = Path(str(argv[0]).split()[0]).name if argv else ""
+        if program.startswith("python") or program == "dvc" or str(argv[0]) == sys.executable:
+            raise AssertionError(f"a unit test started {program}: mark it stage or dvc (tests/conftest.py)")
+        popen_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(request, tmp_path_factory) -> Path:
+    """An MLflow sqlite store already migrated to this MLflow's schema (a migration takes ~10 s), kept in
+    pytest's cache per MLflow version: each test gets a copy instead of migrating its own."""
+    from importlib.metadata import version
+
+    cache = getattr(request.config, "cache", None)  # none under -p no:cacheprovider: then one per session
+    folder = cache.mkdir("mlflow-template") if cache else tmp_path_factory.mktemp("mlflow-template")
+    path = folder / f"mlflow-{version('mlflow')}.db"
+    if not path.exists():
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        SqlAlchemyStore(f"sqlite:///{tmp}", str(path.parent / "mlruns")).engine.dispose()
+        os.replace(tmp, path)  # atomic: a concurrent session sees the whole file or none
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch, mlflow_template):
+    """No test touches the network, the user's torch cache or the project's MLflow DB; the test's MLflow
+    DB is a copy of the migrated template."""
+    import shutil
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
@@ -73,6 +132,28 @@ def evaluator_file(tmp_path_factory, mnist):
     assert acc > 0.85, acc  # good enough for its feature space to tell digits from noise
     evaluator.save(model, path, acc, content_hash(mnist), 28, cfg, 0)
     return path
+
+
+def paths(d: Path):
+    """The train stage's outputs, all under the folder `d`."""
+    from ganflow.outputs import TrainOutputs, TrainPaths
+
+    return TrainOutputs(TrainPaths(d / "generator.pt", d / "checkpoint.pt", d / "log.tsv", d / "grid.png", d / "best.pt", d / "fid.tsv"))
+
+
+def train(mnist, out, resume=True, **overrides):
+    """What the train stage does: seed, build, resume when the checkpoint matches, run."""
+    from ganflow import accel
+    from ganflow.config import parse_params
+    from ganflow.training import Trainer
+
+    params = parse_params({"train": {**TINY_TRAIN, **overrides}})
+    accel.seed_everything(params.seed, accel.select_device(params.train.device))
+    t = Trainer(params, mnist, "sha-test")
+    if resume:
+        t.try_resume(out / "checkpoint.pt")
+    t.run(paths(out))
+    return t
 
 
 class Payload:

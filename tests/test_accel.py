@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, paths, train
 from ganflow import GanflowError, accel, losses
 from ganflow.config import ConfigError, parse_params
 from ganflow.generator import serving_model
 from ganflow.training import Hooks, Trainer
-from test_training import paths, train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

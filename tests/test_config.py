@@ -107,6 +107,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_params(bad)
 
 
+@pytest.mark.stage
 def test_a_bad_param_stops_a_stage_before_any_work_and_leaves_outputs_alone(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"]["lr_d"] = -1

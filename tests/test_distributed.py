@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_stage, stage_workspace
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.stage, pytest.mark.slow]
 INJECT = Path(__file__).parent / "reliability" / "inject"
 
 

@@ -162,6 +162,7 @@ def ganflow(*args, cwd):
     return subprocess.run([sys.executable, "-m", "ganflow.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.mark.stage
 def test_ganflow_evaluate_scores_any_folder_and_compare_refuses_another_protocol(project, tmp_path):
     ev = ("--prepared", project / "data/prepared", "--evaluator", project / "evaluator.pt")
     for name in "abc":
@@ -186,6 +187,7 @@ def test_min_sample_count_agrees_with_the_config_bound():
 
 
 @pytest.mark.slow
+@pytest.mark.stage
 def test_50k_samples_evaluate_with_bounded_memory(tmp_path, mnist, fresh_mnist):
     """The evaluate stage streams the samples: 50,000 PNGs (1,000 distinct digits, repeated) stay
     under the same RSS bound as sampling them."""
@@ -211,6 +213,7 @@ def test_50k_samples_evaluate_with_bounded_memory(tmp_path, mnist, fresh_mnist):
     assert 0 < peak < 2 * 2**30, f"peak RSS {peak / 2**20:.0f} MiB"
 
 
+@pytest.mark.stage
 def test_the_generator_never_sees_the_held_out_images(tmp_path, mnist):
     from conftest import run_stage, stage_workspace
 

@@ -57,6 +57,7 @@ def test_conditional_labels_follow_sample_classes():
 
 
 @pytest.mark.slow
+@pytest.mark.stage
 def test_50k_samples_stream_with_bounded_memory(tmp_path):
     G = make_G()
     torch.save({"format": GENERATOR_FORMAT, "arch": "dcgan", "net": G.cfg.to_dict(), "state_dict": G.state_dict(), "step": 0},

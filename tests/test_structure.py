@@ -3,6 +3,7 @@ checkpoint's code hash comes from the same closure."""
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import ROOT, TINY_TRAIN
@@ -93,6 +94,7 @@ def test_code_hash_covers_the_closure_and_changes_with_any_file_in_it(tmp_path, 
     assert deps.code_hash(script) != before
 
 
+@pytest.mark.stage
 def test_every_stage_runs_the_ganflow_of_its_own_checkout(tmp_path):
     """`dvc exp run --queue` runs stages in a copy of the project; an editable install would import the
     workspace's src/ instead, code that dvc.lock never hashed for that experiment (and that may be

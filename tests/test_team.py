@@ -44,6 +44,7 @@ def test_champion_moves_only_on_a_better_fid_at_equal_n():
     assert first.tags[tracking.TAG_STATUS] == "candidate"  # the old champion, demoted
 
 
+@pytest.mark.stage
 def test_version_flag_and_help():
     r = subprocess.run([sys.executable, "-m", "ganflow.cli", "--version"], capture_output=True, text=True)
     assert r.stdout.strip() == f"ganflow {__version__}"
@@ -70,7 +71,7 @@ def test_sample_from_a_generator_file_and_from_a_registered_model(tmp_path, mnis
 
     from ganflow.config import parse_params
     from ganflow.training import Trainer
-    from test_training import paths
+    from conftest import paths
 
     trainer = Trainer(parse_params({"train": {"steps": 1, "batch_size": 16, "width": 8, "z_dim": 16, "device": "cpu"}}), mnist, "x")
     trainer.run(paths(tmp_path))

@@ -3,27 +3,11 @@ import copy
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, paths, train
 from ganflow import GanflowError, accel
 from ganflow.config import parse_params
 from ganflow.generator import load_generator
-from ganflow.outputs import TrainOutputs, TrainPaths
 from ganflow.training import Selection, Trainer
-
-
-def paths(d):
-    return TrainOutputs(TrainPaths(d / "generator.pt", d / "checkpoint.pt", d / "log.tsv", d / "grid.png", d / "best.pt", d / "fid.tsv"))
-
-
-def train(mnist, out, resume=True, **overrides):
-    """What the train stage does: seed, build, resume when the checkpoint matches, run."""
-    params = parse_params({"train": {**TINY_TRAIN, **overrides}})
-    accel.seed_everything(params.seed, accel.select_device(params.train.device))
-    t = Trainer(params, mnist, "sha-test")
-    if resume:
-        t.try_resume(out / "checkpoint.pt")
-    t.run(paths(out))
-    return t
 
 
 def test_same_seed_gives_byte_identical_generator(mnist, tmp_path):

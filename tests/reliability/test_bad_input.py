@@ -12,6 +12,8 @@ import yaml
 from conftest import Payload, closed_port, run_stage, stage_workspace
 from ganflow import data
 
+pytestmark = pytest.mark.stage
+
 INJECT = Path(__file__).parent / "inject"
 
 

@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, Payload
+from conftest import TINY_TRAIN, Payload, paths, train
 from ganflow import GanflowError
 from ganflow.config import parse_params
 from ganflow.generator import load_generator
 from ganflow.training import DivergenceError, Trainer
-from test_training import paths, train  # noqa: E402
 
 
 def test_resume_equals_uninterrupted(mnist, tmp_path):

@@ -107,6 +107,7 @@ def train(ws, tmp_path, params, env=None, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.stage
 def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path, monkeypatch):
     port = free_port()
     server = mlflow_server(tmp_path, port)
@@ -141,6 +142,7 @@ def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path
         os.killpg(server.pid, signal.SIGKILL)
 
 
+@pytest.mark.stage
 def test_a_half_alive_server_is_one_line_or_a_fallback_never_a_hang(ws, tmp_path, monkeypatch):
     srv, uri = fake_server(HalfAlive)
     fast = {"MLFLOW_TRACKING_URI": "", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
@@ -156,6 +158,7 @@ def test_a_half_alive_server_is_one_line_or_a_fallback_never_a_hang(ws, tmp_path
     srv.shutdown()
 
 
+@pytest.mark.stage
 def test_a_server_that_is_not_mlflow_falls_back_when_asked(ws, tmp_path):
     srv, uri = fake_server(Always200)
     r = train(ws, tmp_path, params_with(ws, tmp_path, uri=uri), env={"MLFLOW_TRACKING_URI": ""})
@@ -168,6 +171,7 @@ def test_a_server_that_is_not_mlflow_falls_back_when_asked(ws, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "directory"])
+@pytest.mark.stage
 def test_a_broken_local_store_at_start_is_one_line_naming_it(ws, tmp_path, damage):
     db = tmp_path / "mlflow.db"
     if damage == "garbage":
@@ -187,7 +191,7 @@ def test_a_locked_store_never_blocks_the_training_loop(mnist, tmp_path, monkeypa
     from ganflow import accel
     from ganflow.config import parse_params
     from ganflow.training import Hooks, Trainer
-    from test_training import paths
+    from conftest import paths
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
@@ -210,6 +214,7 @@ def test_a_locked_store_never_blocks_the_training_loop(mnist, tmp_path, monkeypa
     assert [m.step for m in hist] == [5, 10, 15, 20]
 
 
+@pytest.mark.stage
 def test_a_run_killed_before_its_first_checkpoint_is_marked_killed(ws, tmp_path):
     env = {"MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(INJECT), "GANFLOW_TEST_KILL": "log.tsv:1"}
     r = train(ws, tmp_path, params_with(ws, tmp_path), env=env, new_session=True)
@@ -221,6 +226,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_marked_killed(ws, tmp_path)
     assert [run.info.status for run in runs] == ["KILLED", "FINISHED"]
 
 
+@pytest.mark.stage
 def test_a_moved_project_keeps_its_artifacts_in_the_project(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     old, new = tmp_path / "old", tmp_path / "new"
