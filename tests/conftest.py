@@ -186,6 +186,53 @@ def run_stage(name: str, *args: str, cwd: Path = ROOT, env: dict | None = None, 
     )
 
 
+def call_stage(name: str, *args: str, env: dict | None = None):
+    """A stage in this process, through its stage wrapper (ganflow.stage), returned as `run_stage` returns
+    it: exit status, stdout, and stderr with the stage's log lines. No new Python (and torch) per call;
+    keep `run_stage` for the few proofs that the real process exits 1 with one line."""
+    import contextlib
+    import importlib.util
+    import io
+    import logging
+    import subprocess
+
+    module = sys.modules.get(f"ganflow_stage_{name}")
+    if module is None:
+        spec = importlib.util.spec_from_file_location(f"ganflow_stage_{name}", ROOT / "stages" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(ROOT / "stages"))  # for its `import _checkout`
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(ROOT / "stages"))
+        sys.modules[spec.name] = module
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root, level, argv = logging.getLogger(), logging.getLogger().level, sys.argv
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    sys.argv = [module.__file__, *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            module.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+        root.removeHandler(handler)
+        root.setLevel(level)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
+
+
 def sh(*cmd, cwd, env, check=True):
     import subprocess
 
