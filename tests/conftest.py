@@ -84,14 +84,14 @@ def mlflow_template(request, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch, mlflow_template):
-    """No test touches the network, the user's torch cache or the project's MLflow DB; the test's MLflow
-    DB is a copy of the migrated template."""
+def _isolated_env(tmp_path, tmp_path_factory, monkeypatch, mlflow_template):
+    """No test touches the network, the user's torch cache or the project's MLflow DB. The test's MLflow
+    DB is a copy of the migrated template, in a folder of its own (tmp_path stays empty)."""
     import shutil
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    db = shutil.copy(mlflow_template, tmp_path_factory.mktemp("mlflow") / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
 
 
 @pytest.fixture(scope="session")
@@ -231,6 +231,23 @@ def call_stage(name: str, *args: str, env: dict | None = None):
             else:
                 os.environ[k] = v
     return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
+
+
+def call_cli(*args, cwd: Path | None = None):
+    """The `ganflow` command's main in this process (in `cwd`), returned as a subprocess run would be."""
+    import contextlib
+    import io
+    import subprocess
+
+    from ganflow.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(["ganflow", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def sh(*cmd, cwd, env, check=True):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, call_cli
 from ganflow import evaluator, metrics as m
 from ganflow.config import EvaluateConfig, EvaluatorConfig
 from ganflow.data import content_hash
@@ -159,10 +159,9 @@ def project(tmp_path_factory, mnist, fresh_mnist, evaluator_file):
 
 
 def ganflow(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "ganflow.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    return call_cli(*args, cwd=cwd)
 
 
-@pytest.mark.stage
 def test_ganflow_evaluate_scores_any_folder_and_compare_refuses_another_protocol(project, tmp_path):
     ev = ("--prepared", project / "data/prepared", "--evaluator", project / "evaluator.pt")
     for name in "abc":
@@ -213,13 +212,12 @@ def test_50k_samples_evaluate_with_bounded_memory(tmp_path, mnist, fresh_mnist):
     assert 0 < peak < 2 * 2**30, f"peak RSS {peak / 2**20:.0f} MiB"
 
 
-@pytest.mark.stage
 def test_the_generator_never_sees_the_held_out_images(tmp_path, mnist):
-    from conftest import run_stage, stage_workspace
+    from conftest import call_stage, stage_workspace
 
     ws = stage_workspace(tmp_path / "ws", mnist, {"tracking": {"enabled": False}, "train": {"steps": 2, "eval_every": 0}})
     outs = [tmp_path / n for n in ("g.pt", "best.pt", "ckpt.pt", "run.json", "log.tsv", "fid.tsv", "grid.png")]
-    r = run_stage("train", "--params", str(ws / "params.yaml"), str(ws / "prepared"), str(ws / "evaluator.pt"), *map(str, outs))
+    r = call_stage("train", "--params", str(ws / "params.yaml"), str(ws / "prepared"), str(ws / "evaluator.pt"), *map(str, outs))
     assert r.returncode == 0, r.stderr[-2000:]
     _, info = evaluator.load(ws / "evaluator.pt")
     heldout, train = evaluator.reference_split(info, ws / "evaluator.pt", content_hash(mnist), len(mnist.images))

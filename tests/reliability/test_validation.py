@@ -4,7 +4,7 @@ before any work, naming the key (or the line and column of a YAML error)."""
 import re
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, call_cli
 from ganflow import GanflowError
 from ganflow.config import ConfigError, load_params, parse_params
 
@@ -18,11 +18,8 @@ def params_file(tmp_path, text: str):
 
 
 def check(f) -> tuple[int, str]:
-    """`ganflow check FILE` as a user runs it: exit status and what it printed."""
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-m", "ganflow.cli", "check", str(f)], capture_output=True, text=True)
+    """`ganflow check FILE` as a user runs it (its main, in this process): exit status and what it printed."""
+    r = call_cli("check", f)
     return r.returncode, (r.stdout + r.stderr).strip()
 
 
@@ -36,7 +33,6 @@ def check(f) -> tuple[int, str]:
     (lambda t: t.replace("  eval_samples: 1000 ", "  eval_samples: 100000000 ", 1), "train.eval_samples must be less than or equal to 50000"),
     (lambda t: t.replace("  n: 5000 ", "  n: 1000000000 ", 1), "sample.n must be less than or equal to 10000000"),
 ])
-@pytest.mark.stage
 def test_check_refuses_what_dvc_or_the_stages_would_refuse(tmp_path, edit, message):
     f = params_file(tmp_path, edit(PARAMS))
     code, out = check(f)
@@ -44,7 +40,6 @@ def test_check_refuses_what_dvc_or_the_stages_would_refuse(tmp_path, edit, messa
     assert message in out, out
 
 
-@pytest.mark.stage
 def test_floats_are_read_as_yaml_1_2_and_dvc_read_them(tmp_path):
     f = params_file(tmp_path, re.sub(r"  lr_d: [0-9.]+ ", "  lr_d: 2E-4 ", re.sub(r"  lr_g: [0-9.]+ ", "  lr_g: 1e-4 ", PARAMS)))
     p = load_params(f)
