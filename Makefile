@@ -31,7 +31,7 @@ repro: setup
 test: setup
 	$(BIN)/pytest
 
-# the unit tier: in-process tests only (tests/conftest.py; under a minute on 2 cores)
+# the unit tier: quick in-process tests (tests/conftest.py; under a minute on 2 cores)
 test-fast: setup
 	$(BIN)/pytest -m unit
 

@@ -29,8 +29,10 @@ TINY = {
 
 
 # Test tiers (pyproject.toml registers them): `make test-fast` runs `-m unit`, `make test` runs all.
-#   unit:  in-process only (the default: a test with no tier mark is unit, and may not start Python or dvc)
-#   stage: starts a stage script, the ganflow CLI or another Python process
+#   unit:  in-process and quick: under a minute in all on 2 cores (the default: a test with no tier mark
+#          is unit, and may not start Python or dvc)
+#   stage: a stage's worth of work (training, scoring thousands of images), in this process or not, or a
+#          stage script, the ganflow CLI or another Python in its own process
 #   dvc:   runs real dvc in a temporary project
 TIERS = ("unit", "stage", "dvc")
 
