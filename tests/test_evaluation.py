@@ -37,6 +37,7 @@ def run(samples: np.ndarray, mnist, evaluator_file, cfg=CFG):
     return evaluate(Images(samples), mnist, evaluator_file, None, cfg, CPU, sample_seed=1)
 
 
+@pytest.mark.stage
 def test_real_against_real_scores_fid_near_zero_with_an_interval_holding_zero(mnist, fresh_mnist, evaluator_file):
     real = m.real_features(mnist.images, "classifier", evaluator_file, CFG, CPU).emb
     other = m.extract(fresh_mnist.images[::4], "classifier", evaluator_file, CFG, CPU).emb  # 1,000 unseen digits
@@ -59,6 +60,7 @@ def half_evaluator(tmp_path_factory, mnist):
     return path
 
 
+@pytest.mark.stage
 def test_a_copier_is_flagged_by_memorization_and_the_train_heldout_ratio(mnist, fresh_mnist, half_evaluator):
     _, info = evaluator.load(half_evaluator)
     heldout, train = evaluator.reference_split(info, half_evaluator, content_hash(mnist), len(mnist.images))
@@ -71,6 +73,7 @@ def test_a_copier_is_flagged_by_memorization_and_the_train_heldout_ratio(mnist, 
     assert copier["n_heldout"] == len(heldout) == 500
 
 
+@pytest.mark.stage
 def test_a_one_class_generator_has_low_coverage_and_high_intra_class_fid(mnist, fresh_mnist, evaluator_file):
     threes = np.resize(fresh_mnist.images[fresh_mnist.labels == 3], (1000, 1, 28, 28))  # 400 threes, repeated
     varied = fresh_mnist.images[::4]  # 100 per class: N per class as for the threes
@@ -86,6 +89,7 @@ def test_a_one_class_generator_has_low_coverage_and_high_intra_class_fid(mnist, 
     assert one.pairs.shape == (16, 1, 28, 28) and one.pairs.dtype == torch.uint8
 
 
+@pytest.mark.stage
 def test_the_protocol_hash_changes_with_n_and_the_extractor(mnist, fresh_mnist, evaluator_file, tmp_path):
     x = fresh_mnist.images[:300]
     base = run(x, mnist, evaluator_file).results
@@ -102,6 +106,7 @@ def test_the_protocol_hash_changes_with_n_and_the_extractor(mnist, fresh_mnist, 
         assert field in base["protocol_detail"]
 
 
+@pytest.mark.stage
 def test_training_fid_equals_the_evaluate_path(mnist, evaluator_file, tmp_path):
     from ganflow.nets import NetConfig, build
     from ganflow.sampling import PngFolder, write_samples
@@ -126,6 +131,7 @@ def test_density_and_coverage_match_the_authors_prdc_package():
     assert covered.shape == (300,)
 
 
+@pytest.mark.stage
 def test_class_accuracy_score_trains_on_samples_and_tests_on_held_out(mnist, fresh_mnist, evaluator_file):
     cfg = CFG.model_copy(update={"cas": "on"})
     good = run(fresh_mnist.images[::8], mnist, evaluator_file, cfg)
@@ -162,6 +168,7 @@ def ganflow(*args, cwd):
     return call_cli(*args, cwd=cwd)
 
 
+@pytest.mark.stage
 def test_ganflow_evaluate_scores_any_folder_and_compare_refuses_another_protocol(project, tmp_path):
     ev = ("--prepared", project / "data/prepared", "--evaluator", project / "evaluator.pt")
     for name in "abc":
@@ -212,6 +219,7 @@ def test_50k_samples_evaluate_with_bounded_memory(tmp_path, mnist, fresh_mnist):
     assert 0 < peak < 2 * 2**30, f"peak RSS {peak / 2**20:.0f} MiB"
 
 
+@pytest.mark.stage
 def test_the_generator_never_sees_the_held_out_images(tmp_path, mnist):
     from conftest import call_stage, stage_workspace
 

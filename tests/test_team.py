@@ -53,6 +53,7 @@ def test_runs_lists_names_params_and_scores(tmp_path, capsys):
     assert t.run_id[:12] in out[1] and "lr_g=0.0008" in out[1] and "dcgan" in out[1] and "12.35" in out[1]
 
 
+@pytest.mark.stage
 def test_sample_from_a_generator_file_and_from_a_registered_model(tmp_path, mnist):
     import torch
     from PIL import Image

@@ -10,6 +10,7 @@ from ganflow.generator import load_generator
 from ganflow.training import Selection, Trainer
 
 
+@pytest.mark.stage
 def test_same_seed_gives_byte_identical_generator(mnist, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train(mnist, a)
@@ -21,6 +22,7 @@ def test_same_seed_gives_byte_identical_generator(mnist, tmp_path):
     assert (a / "generator.pt").read_bytes() != (c / "generator.pt").read_bytes()
 
 
+@pytest.mark.stage
 def test_outputs(mnist, tmp_path):
     t = train(mnist, tmp_path)
     rows = (tmp_path / "log.tsv").read_text().splitlines()
@@ -30,6 +32,7 @@ def test_outputs(mnist, tmp_path):
     assert t.state.step == 20
 
 
+@pytest.mark.stage
 def test_checkpoint_round_trip_with_weights_only(mnist, tmp_path):
     t = train(mnist, tmp_path)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
@@ -73,6 +76,7 @@ def test_diffaugment_sees_real_and_fake_alike(mnist, monkeypatch):
     assert seen == [16, 16, 16]
 
 
+@pytest.mark.stage
 def test_best_generator_is_the_one_with_the_lowest_fid(mnist, tmp_path):
     params = parse_params({"train": {**TINY_TRAIN, "eval_every": 5}})
     t = Trainer(params, mnist, "sha-test")
@@ -135,6 +139,7 @@ def test_conditional_auto_follows_the_labels_and_the_arch(mnist, arch, labelled,
     assert t.net_cfg.n_classes == classes and t.G.cfg.n_classes == classes
 
 
+@pytest.mark.stage
 def test_fid_checks_do_not_change_training(mnist, tmp_path):
     def scorer(G):
         torch.rand(5)  # a scorer that draws from the global RNG, as a DataLoader does

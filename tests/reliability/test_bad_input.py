@@ -218,6 +218,7 @@ def test_prepared_data_changed_behind_meta_json(ws, tmp_path, mnist):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "other-size", "16-bit"])
+@pytest.mark.stage
 def test_a_bad_sample_png_is_named(ws, tmp_path, mnist, damage):
     from PIL import Image
 
@@ -237,6 +238,7 @@ def test_a_bad_sample_png_is_named(ws, tmp_path, mnist, damage):
     untouched(before)
 
 
+@pytest.mark.stage
 def test_too_few_samples(ws, tmp_path, mnist):
     r = call_stage("sample", "--params", with_params(ws, tmp_path, sample={"n": 2}), *args_for("sample", ws, tmp_path))
     fails_with(r, "sample.n must be greater than or equal to 6 (got 2)")

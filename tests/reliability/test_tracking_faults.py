@@ -185,6 +185,7 @@ def test_a_broken_local_store_at_start_is_one_line_naming_it(ws, tmp_path, damag
     assert not (tmp_path / "ckpt.pt").exists()
 
 
+@pytest.mark.stage
 def test_a_locked_store_never_blocks_the_training_loop(mnist, tmp_path, monkeypatch):
     """Another process holds an exclusive lock on the sqlite store while training runs: the loop does
     not wait for it, and every metric arrives once the lock is gone."""
