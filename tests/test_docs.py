@@ -44,3 +44,12 @@ def test_every_make_target_the_readme_names_exists():
 def test_the_readme_is_a_front_door():
     # the detail lives in docs/; the README stays readable in five minutes
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_the_code_map_names_every_ganflow_command():
+    from conftest import call_cli
+
+    usage = call_cli("--help").stdout
+    commands = re.search(r"\{([\w,-]+)\}", usage).group(1).split(",")
+    line = next(l for l in (ROOT / "README.md").read_text().splitlines() if l.strip().startswith("cli.py"))
+    assert [c for c in commands if c not in line] == [], line
