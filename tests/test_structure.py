@@ -110,3 +110,15 @@ def test_every_stage_runs_the_ganflow_of_its_own_checkout(tmp_path):
     for script in stage_scripts().values():
         out = subprocess.run([sys.executable, f"stages/{script.name}", "--help"], cwd=tmp_path, capture_output=True, text=True)
         assert out.returncode == 0 and out.stdout.startswith("ganflow from the copy"), (script.name, out.stdout[:200], out.stderr[-500:])
+
+
+def test_test_modules_share_helpers_only_through_conftest():
+    import ast
+
+    offenders = []
+    for f in sorted((ROOT / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{f.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert offenders == [], "helpers belong in tests/conftest.py"
