@@ -111,10 +111,11 @@ def test_conditional_training_step_changes_weights_and_samples_requested_classes
     assert any(not torch.equal(before[k], v) for k, v in t.G.state_dict().items())
     G = t.G_eval.eval()
     assert G.cfg.n_classes == 10
-    # the class embedding is used: the same latent under two classes gives two images
-    x = generate(G, 0, 0, 20, classes=[3, 7])
-    y = generate(G, 0, 0, 20, classes=[7, 3])
-    assert not torch.equal(x, y)
+    # the class embedding is used: the same latent under two classes gives two images (compared before
+    # quantising: one step in, the uint8 images of some seeds differ by less than one level)
+    z = torch.randn(20, G.cfg.z_dim)
+    with torch.no_grad():
+        assert not torch.equal(G(z, torch.tensor([3, 7] * 10)), G(z, torch.tensor([7, 3] * 10)))
     assert class_grid(G, 0).shape == (100, 1, 28, 28)
     with pytest.raises(GanflowError, match="knows 10 classes"):
         generate(G, 0, 0, 4, classes=[12])
