@@ -17,6 +17,7 @@ def make_G(arch="dcgan"):
     return G.eval()
 
 
+@pytest.mark.stage  # 400 generator calls; the batch-size test below is the quick tier's
 def test_image_i_depends_only_on_seed_and_i():
     for arch in ("dcgan", "seed"):
         G = make_G(arch)

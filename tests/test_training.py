@@ -155,6 +155,7 @@ def test_fid_checks_do_not_change_training(mnist, tmp_path):
     assert runs[0] == runs[1]
 
 
+@pytest.mark.stage  # 15 nets × resolutions: the one-step tests above are the quick tier's
 @pytest.mark.parametrize("arch, loss, d_norm", [
     ("seed", "non-saturating", "none"), ("dcgan", "hinge", "spectral"), ("dcgan", "non-saturating", "batch"),
     ("dcgan", "wgan-gp", "none"), ("sngan", "hinge", "spectral"),
