@@ -37,6 +37,7 @@ TINY = {
 TIERS = ("unit", "stage", "dvc")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by mark
 def pytest_collection_modifyitems(config, items):
     """Every test gets exactly one tier: its own mark, or its module's, or unit."""
     for item in items:
