@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # pip's mirror set-up prints one warning per package it does not hold: keep the log readable
 QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup repro test bench plots clean-venv
+.PHONY: setup repro test test-fast bench plots clean-venv
 
 setup: $(STAMP)
 
@@ -27,8 +27,13 @@ repro: setup
 	$(BIN)/ganflow check params.yaml
 	$(BIN)/dvc repro
 
+# everything, as CI runs it (about 15 minutes on 2 cores)
 test: setup
 	$(BIN)/pytest
+
+# the unit tier: quick in-process tests (tests/conftest.py; under a minute on 2 cores)
+test-fast: setup
+	$(BIN)/pytest -m unit
 
 bench: setup
 	$(BIN)/python bench/quality.py

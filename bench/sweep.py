@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,6 @@ import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lo
 
 import argparse
 import logging
-from pathlib import Path
 
 from ganflow import accel, data, deps, distributed, metrics
 from ganflow.config import load_params

@@ -28,11 +28,73 @@ TINY = {
 }
 
 
+# Test tiers (pyproject.toml registers them): `make test-fast` runs `-m unit`, `make test` runs all.
+#   unit:  in-process and quick: under a minute in all on 2 cores (the default: a test with no tier mark
+#          is unit, and may not start Python or dvc)
+#   stage: a stage's worth of work (training, scoring thousands of images), in this process or not, or a
+#          stage script, the ganflow CLI or another Python in its own process
+#   dvc:   runs real dvc in a temporary project
+TIERS = ("unit", "stage", "dvc")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by mark
+def pytest_collection_modifyitems(config, items):
+    """Every test gets exactly one tier: its own mark, or its module's, or unit."""
+    for item in items:
+        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: more than one tier mark ({', '.join(sorted(tiers))})")
+        if not tiers:
+            item.add_marker("unit")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    """No test touches the network, the user's torch cache or the project's MLflow DB."""
+def _in_process_only(request, monkeypatch):
+    """A unit test that starts Python or dvc belongs to the stage or dvc tier: say so instead of running it."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    import subprocess
+
+    popen_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **kw):
+        argv = [args] if isinstance(args, (str, Path)) else list(args)
+        program = Path(str(argv[0]).split()[0]).name if argv else ""
+        if program.startswith("python") or program == "dvc" or str(argv[0]) == sys.executable:
+            raise AssertionError(f"a unit test started {program}: mark it stage or dvc (tests/conftest.py)")
+        popen_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(request, tmp_path_factory) -> Path:
+    """An MLflow sqlite store already migrated to this MLflow's schema (a migration takes ~10 s), kept in
+    pytest's cache per MLflow version: each test gets a copy instead of migrating its own."""
+    from importlib.metadata import version
+
+    cache = getattr(request.config, "cache", None)  # none under -p no:cacheprovider: then one per session
+    folder = cache.mkdir("mlflow-template") if cache else tmp_path_factory.mktemp("mlflow-template")
+    path = folder / f"mlflow-{version('mlflow')}.db"
+    if not path.exists():
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        SqlAlchemyStore(f"sqlite:///{tmp}", str(path.parent / "mlruns")).engine.dispose()
+        os.replace(tmp, path)  # atomic: a concurrent session sees the whole file or none
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, tmp_path_factory, monkeypatch, mlflow_template):
+    """No test touches the network, the user's torch cache or the project's MLflow DB. The test's MLflow
+    DB is a copy of the migrated template, in a folder of its own (tmp_path stays empty)."""
+    import shutil
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    db = shutil.copy(mlflow_template, tmp_path_factory.mktemp("mlflow") / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +137,28 @@ def evaluator_file(tmp_path_factory, mnist):
     return path
 
 
+def paths(d: Path):
+    """The train stage's outputs, all under the folder `d`."""
+    from ganflow.outputs import TrainOutputs, TrainPaths
+
+    return TrainOutputs(TrainPaths.under(d))
+
+
+def train(mnist, out, resume=True, **overrides):
+    """What the train stage does: seed, build, resume when the checkpoint matches, run."""
+    from ganflow import accel
+    from ganflow.config import parse_params
+    from ganflow.training import Trainer
+
+    params = parse_params({"train": {**TINY_TRAIN, **overrides}})
+    accel.seed_everything(params.seed, accel.select_device(params.train.device))
+    t = Trainer(params, mnist, "sha-test")
+    if resume:
+        t.try_resume(out / "checkpoint.pt")
+    t.run(paths(out))
+    return t
+
+
 class Payload:
     """An object whose pickle runs `fn(*args)` when it is loaded: what weights_only loading must refuse."""
 
@@ -103,6 +187,70 @@ def run_stage(name: str, *args: str, cwd: Path = ROOT, env: dict | None = None, 
         [sys.executable, str(ROOT / "stages" / f"{name}.py"), *args],
         cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, start_new_session=new_session,
     )
+
+
+def call_stage(name: str, *args: str, env: dict | None = None):
+    """A stage in this process, through its stage wrapper (ganflow.stage), returned as `run_stage` returns
+    it: exit status, stdout, and stderr with the stage's log lines. No new Python (and torch) per call;
+    keep `run_stage` for the few proofs that the real process exits 1 with one line."""
+    import contextlib
+    import importlib.util
+    import io
+    import logging
+    import subprocess
+
+    module = sys.modules.get(f"ganflow_stage_{name}")
+    if module is None:
+        spec = importlib.util.spec_from_file_location(f"ganflow_stage_{name}", ROOT / "stages" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(ROOT / "stages"))  # for its `import _checkout`
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(ROOT / "stages"))
+        sys.modules[spec.name] = module
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root, level, argv = logging.getLogger(), logging.getLogger().level, sys.argv
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    sys.argv = [module.__file__, *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            module.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+        root.removeHandler(handler)
+        root.setLevel(level)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
+
+
+def call_cli(*args, cwd: Path | None = None):
+    """The `ganflow` command's main in this process (in `cwd`), returned as a subprocess run would be."""
+    import contextlib
+    import io
+    import subprocess
+
+    from ganflow.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(["ganflow", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def sh(*cmd, cwd, env, check=True):

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
-from ganflow import GanflowError, accel, losses
+from conftest import TINY_TRAIN, paths, train
+from ganflow import GanflowError, accel
 from ganflow.config import ConfigError, parse_params
 from ganflow.generator import serving_model
 from ganflow.training import Hooks, Trainer
-from test_training import paths, train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -84,6 +83,7 @@ def test_eager_dispatch_calls_the_step_itself(mnist):
     assert t.gs.stepper() == t.gs.step
 
 
+@pytest.mark.stage
 def test_capture_happens_after_resume_and_every_call_is_one_real_step(mnist, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     train(mnist, whole)  # eager, 20 steps
@@ -102,6 +102,7 @@ def test_capture_happens_after_resume_and_every_call_is_one_real_step(mnist, tmp
 
 
 @pytest.mark.parametrize("mode", ["auto", "on"])
+@pytest.mark.stage
 def test_a_failed_capture_falls_back_in_auto_and_stops_in_on(mnist, tmp_path, mode, caplog):
     accel.seed_everything(0, torch.device("cpu"))
     t = Trainer(parse_params({"train": TINY_TRAIN}), mnist, "x")
@@ -127,6 +128,7 @@ def test_the_g_step_makes_no_gradient_for_d(mnist):
     assert all(p.requires_grad for p in t.gs.D.parameters())  # and are trainable again
 
 
+@pytest.mark.stage
 def test_channels_last_trains_in_nhwc(mnist, tmp_path):
     t = train(mnist, tmp_path, channels_last=True, steps=10)
     conv = next(p for p in t.gs.G.parameters() if p.dim() == 4)
@@ -165,6 +167,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.stage
 def test_lecam_r1_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
     """LeCam's running means are loss state in the checkpoint; the decayed learning rate, the ramped
     EMA half-life, the top-k count and the lazy R1 steps are functions of the step: a run killed after
@@ -197,6 +200,7 @@ def test_lecam_r1_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
     assert not torch.equal(a.gs.D.state_dict()["head.linear.bias"], c.gs.D.state_dict()["head.linear.bias"])
 
 
+@pytest.mark.stage
 def test_lazy_r1_runs_under_torch_compile(mnist):
     """torch.compile cannot differentiate twice (R1 differentiates D's input gradient): the R1 step calls
     D's view uncompiled, the D+G step the compiled one."""
@@ -211,6 +215,7 @@ def test_lazy_r1_runs_under_torch_compile(mnist):
     t.gs.check_finite_weights(2)
 
 
+@pytest.mark.stage
 def test_more_steps_start_afresh_when_the_learning_rate_decays(mnist, tmp_path):
     train(mnist, tmp_path, steps=10, lr_decay=0.5)
     assert train(mnist, tmp_path, steps=20, lr_decay=0.5).resumed is None  # its schedule changed
@@ -236,6 +241,7 @@ def cuda_train(mnist, out, **overrides):
 
 @cuda
 @pytest.mark.parametrize("arch, loss, d_norm, extra", ARCH_LOSS)
+@pytest.mark.stage
 def test_every_arch_loss_and_option_captures(mnist, tmp_path, arch, loss, d_norm, extra):
     t = cuda_train(mnist, tmp_path, arch=arch, loss=loss, d_norm=d_norm, ema=200.0, steps=30, **extra)
     assert t.gs.levers.graph and t.state.step == 30
@@ -243,6 +249,7 @@ def test_every_arch_loss_and_option_captures(mnist, tmp_path, arch, loss, d_norm
 
 
 @cuda
+@pytest.mark.stage
 def test_graph_and_eager_losses_agree_in_shape_over_200_steps(mnist, tmp_path):
     common = {"steps": 200, "log_every": 10, "batch_size": 64, "width": 32, "z_dim": 64}
     g = cuda_train(mnist, tmp_path / "graph", **common)
@@ -254,6 +261,7 @@ def test_graph_and_eager_losses_agree_in_shape_over_200_steps(mnist, tmp_path):
 
 
 @cuda
+@pytest.mark.stage
 def test_killed_then_resumed_graphed_run_gives_the_same_generator(mnist, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     cuda_train(mnist, whole, steps=40)

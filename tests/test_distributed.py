@@ -8,7 +8,7 @@ import pytest
 from conftest import run_stage, stage_workspace
 from ganflow.outputs import TRAIN_FILE_NAMES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.stage, pytest.mark.slow]
 INJECT = Path(__file__).parent / "reliability" / "inject"
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from conftest import TINY, copy_project, dvc, make_project, mlflow_runs, sh
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.dvc, pytest.mark.slow]
 
 
 class Project(NamedTuple):

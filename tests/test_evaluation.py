@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, call_cli
 from ganflow import evaluator, metrics as m
 from ganflow.config import EvaluateConfig, EvaluatorConfig
 from ganflow.data import content_hash
@@ -38,6 +38,7 @@ def run(samples: np.ndarray, mnist, evaluator_file, cfg=CFG):
     return evaluate(Images(samples), mnist, evaluator_file, None, cfg, CPU, sample_seed=1)
 
 
+@pytest.mark.stage
 def test_real_against_real_scores_fid_near_zero_with_an_interval_holding_zero(mnist, fresh_mnist, evaluator_file):
     real = m.real_features(mnist.images, "classifier", evaluator_file, CFG, CPU).emb
     other = m.extract(fresh_mnist.images[::4], "classifier", evaluator_file, CFG, CPU).emb  # 1,000 unseen digits
@@ -60,6 +61,7 @@ def half_evaluator(tmp_path_factory, mnist):
     return path
 
 
+@pytest.mark.stage
 def test_a_copier_is_flagged_by_memorization_and_the_train_heldout_ratio(mnist, fresh_mnist, half_evaluator):
     _, info = evaluator.load(half_evaluator)
     heldout, train = evaluator.reference_split(info, half_evaluator, content_hash(mnist), len(mnist.images))
@@ -72,6 +74,7 @@ def test_a_copier_is_flagged_by_memorization_and_the_train_heldout_ratio(mnist, 
     assert copier["n_heldout"] == len(heldout) == 500
 
 
+@pytest.mark.stage
 def test_a_one_class_generator_has_low_coverage_and_high_intra_class_fid(mnist, fresh_mnist, evaluator_file):
     threes = np.resize(fresh_mnist.images[fresh_mnist.labels == 3], (1000, 1, 28, 28))  # 400 threes, repeated
     varied = fresh_mnist.images[::4]  # 100 per class: N per class as for the threes
@@ -87,6 +90,7 @@ def test_a_one_class_generator_has_low_coverage_and_high_intra_class_fid(mnist, 
     assert one.pairs.shape == (16, 1, 28, 28) and one.pairs.dtype == torch.uint8
 
 
+@pytest.mark.stage
 def test_the_protocol_hash_changes_with_n_and_the_extractor(mnist, fresh_mnist, evaluator_file, tmp_path):
     x = fresh_mnist.images[:300]
     base = run(x, mnist, evaluator_file).results
@@ -103,6 +107,7 @@ def test_the_protocol_hash_changes_with_n_and_the_extractor(mnist, fresh_mnist, 
         assert field in base["protocol_detail"]
 
 
+@pytest.mark.stage
 def test_training_fid_equals_the_evaluate_path(mnist, evaluator_file, tmp_path):
     from ganflow.nets import NetConfig, build
     from ganflow.sampling import PngFolder, write_samples
@@ -127,6 +132,7 @@ def test_density_and_coverage_match_the_authors_prdc_package():
     assert covered.shape == (300,)
 
 
+@pytest.mark.stage
 def test_class_accuracy_score_trains_on_samples_and_tests_on_held_out(mnist, fresh_mnist, evaluator_file):
     cfg = CFG.model_copy(update={"cas": "on"})
     good = run(fresh_mnist.images[::8], mnist, evaluator_file, cfg)
@@ -160,9 +166,10 @@ def project(tmp_path_factory, mnist, fresh_mnist, evaluator_file):
 
 
 def ganflow(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "ganflow.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    return call_cli(*args, cwd=cwd)
 
 
+@pytest.mark.stage
 def test_ganflow_evaluate_scores_any_folder_and_compare_refuses_another_protocol(project, tmp_path):
     ev = ("--prepared", project / "data/prepared", "--evaluator", project / "evaluator.pt")
     for name in "abc":
@@ -187,6 +194,7 @@ def test_min_sample_count_agrees_with_the_config_bound():
 
 
 @pytest.mark.slow
+@pytest.mark.stage
 def test_50k_samples_evaluate_with_bounded_memory(tmp_path, mnist, fresh_mnist):
     """The evaluate stage streams the samples: 50,000 PNGs (1,000 distinct digits, repeated) stay
     under the same RSS bound as sampling them."""
@@ -212,12 +220,13 @@ def test_50k_samples_evaluate_with_bounded_memory(tmp_path, mnist, fresh_mnist):
     assert 0 < peak < 2 * 2**30, f"peak RSS {peak / 2**20:.0f} MiB"
 
 
+@pytest.mark.stage
 def test_the_generator_never_sees_the_held_out_images(tmp_path, mnist):
-    from conftest import run_stage, stage_workspace
+    from conftest import call_stage, stage_workspace
 
     ws = stage_workspace(tmp_path / "ws", mnist, {"tracking": {"enabled": False}, "train": {"steps": 2, "eval_every": 0}})
     outs = [tmp_path / n for n in TRAIN_FILE_NAMES]
-    r = run_stage("train", "--params", str(ws / "params.yaml"), str(ws / "prepared"), str(ws / "evaluator.pt"), *map(str, outs))
+    r = call_stage("train", "--params", str(ws / "params.yaml"), str(ws / "prepared"), str(ws / "evaluator.pt"), *map(str, outs))
     assert r.returncode == 0, r.stderr[-2000:]
     _, info = evaluator.load(ws / "evaluator.pt")
     heldout, train = evaluator.reference_split(info, ws / "evaluator.pt", content_hash(mnist), len(mnist.images))

@@ -20,6 +20,7 @@ def halves(mnist):
     return mnist.images[idx[:500]], mnist.images[idx[500:]]
 
 
+@pytest.mark.stage
 def test_classifier_space_real_vs_real_far_below_noise(mnist, evaluator_file):
     a, b = halves(mnist)
     noise = np.random.default_rng(1).integers(0, 256, size=a.shape, dtype=np.uint8)
@@ -35,6 +36,7 @@ def test_classifier_space_real_vs_real_far_below_noise(mnist, evaluator_file):
     assert real["is_classifier"] > 3 * fake["is_classifier"]  # real digits: confident and diverse
 
 
+@pytest.mark.stage
 def test_kid_subset_is_clamped_to_the_sample_count(mnist, evaluator_file):
     a, b = halves(mnist)
     out = metrics.fidelity(a[:40], b, "classifier", evaluator_file, EvaluateConfig(kid_subset_size=1000), CPU)
@@ -54,6 +56,7 @@ def inception_weights(tmp_path):
     return path
 
 
+@pytest.mark.stage
 def test_inception_space_from_a_local_weights_file(mnist, inception_weights):
     a, b = halves(mnist)
     out = metrics.fidelity(a[:24], b[:24], "inception", inception_weights, EvaluateConfig(batch_size=24, kid_subset_size=24), CPU)
@@ -67,6 +70,7 @@ def _offline(*a, **k):
     raise urllib.error.URLError("offline")
 
 
+@pytest.mark.stage
 def test_inception_weights_resolution(tmp_path, inception_weights, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
     assert metrics.resolve_inception_weights(EvaluateConfig(inception="off", inception_weights=str(inception_weights))) is None
@@ -99,6 +103,7 @@ def test_class_stats_detect_mode_collapse():
     assert collapsed["class_coverage"] == 2 and collapsed["class_kl"] > 1.5
 
 
+@pytest.mark.stage
 def test_scores_match_torch_fidelity_calculate_metrics(mnist, evaluator_file):
     """Features once, metrics from them: the same numbers as torch-fidelity's one-call API."""
     import torch_fidelity
@@ -117,6 +122,7 @@ def test_scores_match_torch_fidelity_calculate_metrics(mnist, evaluator_file):
         assert ours[f"{stem}_classifier"] == pytest.approx(theirs[k], rel=1e-6), stem
 
 
+@pytest.mark.stage
 def test_real_features_cache_is_keyed_by_content_and_safe(mnist, evaluator_file, caplog):
     a, b = halves(mnist)
     first = metrics.real_features(b, "classifier", evaluator_file, CFG, CPU)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ganflow import GanflowError, augment, losses
+from ganflow import GanflowError, augment, config, losses
 from ganflow.config import PrepareConfig
 from ganflow.data import SOURCES, load_source
 from ganflow.nets import ARCHS, NetConfig, build
@@ -28,6 +28,14 @@ def test_registered_names():
     assert {"non-saturating", "hinge", "wgan-gp"} <= set(losses.LOSSES.names())
     assert {"mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder"} == set(SOURCES.names())
     assert {"color", "translation", "cutout"} == set(augment.AUGMENTS.names())
+
+
+def test_config_checks_exactly_the_registered_names():
+    # config.py holds the names torch-free (so `ganflow check` never imports torch): they must not drift
+    assert config.arch_names() == ARCHS.names()
+    assert sorted(config.SOURCE_NAMES) == SOURCES.names()
+    assert sorted(config.LOSS_NAMES) == losses.LOSSES.names()
+    assert sorted(config.AUGMENT_NAMES) == augment.AUGMENTS.names()
 
 
 @pytest.mark.parametrize("arch", ARCHS.names())

@@ -17,6 +17,7 @@ def make_G(arch="dcgan"):
     return G.eval()
 
 
+@pytest.mark.stage  # 400 generator calls; the batch-size test below is the quick tier's
 def test_image_i_depends_only_on_seed_and_i():
     for arch in ("dcgan", "seed"):
         G = make_G(arch)
@@ -57,6 +58,7 @@ def test_conditional_labels_follow_sample_classes():
 
 
 @pytest.mark.slow
+@pytest.mark.stage
 def test_50k_samples_stream_with_bounded_memory(tmp_path):
     G = make_G()
     torch.save({"format": GENERATOR_FORMAT, "arch": "dcgan", "net": G.cfg.to_dict(), "state_dict": G.state_dict(), "step": 0},

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import dvc, make_project, sh
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.dvc, pytest.mark.slow]
 
 
 def _up_to_date(root, env) -> bool:

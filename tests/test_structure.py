@@ -3,6 +3,7 @@ checkpoint's code hash comes from the same closure."""
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import ROOT, TINY_TRAIN
@@ -93,6 +94,7 @@ def test_code_hash_covers_the_closure_and_changes_with_any_file_in_it(tmp_path, 
     assert deps.code_hash(script) != before
 
 
+@pytest.mark.stage
 def test_every_stage_runs_the_ganflow_of_its_own_checkout(tmp_path):
     """`dvc exp run --queue` runs stages in a copy of the project; an editable install would import the
     workspace's src/ instead, code that dvc.lock never hashed for that experiment (and that may be
@@ -122,3 +124,15 @@ def test_no_module_imports_another_modules_private_name():
                 found += [f"{path.name}: {node.module}.{a.name}" for a in node.names
                           if a.name.startswith("_") and not a.name.startswith("__")]
     assert not found, found
+
+
+def test_test_modules_share_helpers_only_through_conftest():
+    import ast
+
+    offenders = []
+    for f in sorted((ROOT / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{f.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert offenders == [], "helpers belong in tests/conftest.py"

@@ -3,27 +3,12 @@ import copy
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, paths, train
 from ganflow import GanflowError, accel
 from ganflow.config import parse_params
 from ganflow.generator import load_generator
-from ganflow.outputs import TrainOutputs, TrainPaths
+from ganflow.outputs import TrainPaths
 from ganflow.training import Selection, Trainer
-
-
-def paths(d):
-    return TrainOutputs(TrainPaths.under(d))
-
-
-def train(mnist, out, resume=True, **overrides):
-    """What the train stage does: seed, build, resume when the checkpoint matches, run."""
-    params = parse_params({"train": {**TINY_TRAIN, **overrides}})
-    accel.seed_everything(params.seed, accel.select_device(params.train.device))
-    t = Trainer(params, mnist, "sha-test")
-    if resume:
-        t.try_resume(out / "checkpoint.pt")
-    t.run(paths(out))
-    return t
 
 
 def test_the_train_stage_outputs_are_one_list():
@@ -44,6 +29,7 @@ def test_the_train_stage_outputs_are_one_list():
     assert paths.argv() == cmd[4:] and paths.checkpoint.name == "checkpoint.pt"
 
 
+@pytest.mark.stage
 def test_same_seed_gives_byte_identical_generator(mnist, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train(mnist, a)
@@ -55,6 +41,7 @@ def test_same_seed_gives_byte_identical_generator(mnist, tmp_path):
     assert (a / "generator.pt").read_bytes() != (c / "generator.pt").read_bytes()
 
 
+@pytest.mark.stage
 def test_outputs(mnist, tmp_path):
     t = train(mnist, tmp_path)
     rows = (tmp_path / "train_log.tsv").read_text().splitlines()
@@ -64,6 +51,7 @@ def test_outputs(mnist, tmp_path):
     assert t.state.step == 20
 
 
+@pytest.mark.stage
 def test_checkpoint_round_trip_with_weights_only(mnist, tmp_path):
     t = train(mnist, tmp_path)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
@@ -107,6 +95,7 @@ def test_diffaugment_sees_real_and_fake_alike(mnist, monkeypatch):
     assert seen == [16, 16, 16]
 
 
+@pytest.mark.stage
 def test_best_generator_is_the_one_with_the_lowest_fid(mnist, tmp_path):
     params = parse_params({"train": {**TINY_TRAIN, "eval_every": 5}})
     t = Trainer(params, mnist, "sha-test")
@@ -141,10 +130,11 @@ def test_conditional_training_step_changes_weights_and_samples_requested_classes
     assert any(not torch.equal(before[k], v) for k, v in t.gs.G.state_dict().items())
     G = t.gs.G_eval.eval()
     assert G.cfg.n_classes == 10
-    # the class embedding is used: the same latent under two classes gives two images
-    x = generate(G, 0, 0, 20, classes=[3, 7])
-    y = generate(G, 0, 0, 20, classes=[7, 3])
-    assert not torch.equal(x, y)
+    # the class embedding is used: the same latent under two classes gives two images (compared before
+    # quantising: one step in, the uint8 images of some seeds differ by less than one level)
+    z = torch.randn(20, G.cfg.z_dim)
+    with torch.no_grad():
+        assert not torch.equal(G(z, torch.tensor([3, 7] * 10)), G(z, torch.tensor([7, 3] * 10)))
     assert class_grid(G, 0).shape == (100, 1, 28, 28)
     with pytest.raises(GanflowError, match="knows 10 classes"):
         generate(G, 0, 0, 4, classes=[12])
@@ -169,6 +159,7 @@ def test_conditional_auto_follows_the_labels_and_the_arch(mnist, arch, labelled,
     assert t.net_cfg.n_classes == classes and t.gs.G.cfg.n_classes == classes
 
 
+@pytest.mark.stage
 def test_fid_checks_do_not_change_training(mnist, tmp_path):
     def scorer(G):
         torch.rand(5)  # a scorer that draws from the global RNG, as a DataLoader does
@@ -183,6 +174,7 @@ def test_fid_checks_do_not_change_training(mnist, tmp_path):
     assert runs[0] == runs[1]
 
 
+@pytest.mark.stage  # 15 nets × resolutions: the one-step tests above are the quick tier's
 @pytest.mark.parametrize("arch, loss, d_norm", [
     ("seed", "non-saturating", "none"), ("dcgan", "hinge", "spectral"), ("dcgan", "non-saturating", "batch"),
     ("dcgan", "wgan-gp", "none"), ("sngan", "hinge", "spectral"),

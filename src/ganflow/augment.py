@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ganflow.registry import Registry
 
+# its names are also declared torch-free in config.AUGMENT_NAMES (a test checks the two agree)
 AUGMENTS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("augmentation")
 
 

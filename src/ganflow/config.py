@@ -2,16 +2,20 @@
 
 Every key has a default and a `Field(description=...)`, the one text that documents it: params.yaml
 shows it as the key's comment and a test checks the two agree (`describe()` lists them). Every check
-lives here, so a bad value stops a stage before it does any work, with one line naming the key.
+that params alone can decide lives here (types, bounds, rules across keys, names against the registries'
+torch-free lists), so a bad value stops a stage before it does any work, with one line naming the key.
+Checks that need the data or a file (a folder's classes, a checkpoint's fingerprint) happen where those
+are read.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
+import importlib.util
+import pkgutil
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,19 +38,28 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
-def _registry(registry_module: str, registry_name: str):
-    """One of the registries, imported by name when a value is checked (never at import time: config.py
-    does not depend on the modules that fill the registries)."""
-    return getattr(importlib.import_module(registry_module), registry_name)
+def arch_names() -> list[str]:
+    """The architectures: each module of ganflow/nets/ registers one under its own name, so the names
+    are the module names, read from the folder without importing it (or torch)."""
+    spec = importlib.util.find_spec("ganflow.nets")
+    return sorted(m.name for m in pkgutil.iter_modules(spec.submodule_search_locations))
 
 
-def _registered(registry_module: str, registry_name: str):
-    """A field validator that checks a name against one of the registries."""
+# The names the other registries hold, declared here, torch-free: checking params never imports torch
+# (`ganflow check` answers in well under a second). tests/test_registries.py checks that each list equals
+# its registry, so a part registered without its name here fails there.
+SOURCE_NAMES = ("cifar10", "fashion-mnist", "folder", "mnist", "mnist-5k")  # ganflow.data.SOURCES
+LOSS_NAMES = ("hinge", "non-saturating", "wgan-gp")  # ganflow.losses.LOSSES
+AUGMENT_NAMES = ("color", "cutout", "translation")  # ganflow.augment.AUGMENTS
+
+
+def _one_of(names: Callable[[], list[str]] | tuple[str, ...]):
+    """A field validator that checks a value against a registry's names."""
 
     def check(cls, v: str) -> str:
-        registry = _registry(registry_module, registry_name)
-        if v not in registry:
-            raise ValueError(f"must be one of {', '.join(registry.names())}")
+        allowed = sorted(names() if callable(names) else names)
+        if v not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
         return v
 
     return check
@@ -60,7 +73,7 @@ class PrepareConfig(_Section):
     resolution: Literal[28, 32, 64] = Field(28, description="28 | 32 | 64: output side (resize shorter side, center crop)")
     channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB)")
 
-    _source = field_validator("source")(_registered("ganflow.data", "SOURCES"))
+    _source = field_validator("source")(_one_of(SOURCE_NAMES))
 
     @model_validator(mode="after")
     def _folder_needed(self):
@@ -152,8 +165,8 @@ class TrainConfig(_Section):
     )
     eval_samples: Annotated[int, Field(gt=0, le=50_000)] = Field(1000, description="samples per check")
 
-    _arch = field_validator("arch")(_registered("ganflow.nets", "ARCHS"))
-    _loss = field_validator("loss")(_registered("ganflow.losses", "LOSSES"))
+    _arch = field_validator("arch")(_one_of(arch_names))
+    _loss = field_validator("loss")(_one_of(LOSS_NAMES))
 
     @model_validator(mode="after")
     def _cuda_graph_possible(self):
@@ -166,10 +179,9 @@ class TrainConfig(_Section):
     @field_validator("augment")
     @classmethod
     def _augment(cls, v: list[str]) -> list[str]:
-        augments = _registry("ganflow.augment", "AUGMENTS")
         for name in v:
-            if name not in augments:
-                raise ValueError(f"has unknown policy {name!r}; must be among {', '.join(augments.names())}")
+            if name not in AUGMENT_NAMES:
+                raise ValueError(f"has unknown policy {name!r}; must be among {', '.join(AUGMENT_NAMES)}")
         return v
 
 

@@ -58,6 +58,7 @@ class ImageArray(Dataset):
         return x.expand(3, -1, -1) if self.rgb and x.shape[0] == 1 else x
 
 
+# its names are also declared torch-free in config.SOURCE_NAMES (a test checks the two agree)
 SOURCES: Registry = Registry("data source")
 MIN_PER_CLASS = 2  # a folder source's smallest class: the classifier needs one to train on and one to hold out
 

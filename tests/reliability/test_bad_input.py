@@ -1,5 +1,6 @@
 """Bad input: each case gives a one-line error naming the key or file, exit status 1, and leaves
-earlier outputs untouched. Stages run as the pipeline runs them: separate processes."""
+earlier outputs untouched. Stages run in this process through their stage wrapper (`call_stage`); the
+tests marked `stage` prove the same in a separate process, as the pipeline runs them."""
 
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import Payload, closed_port, run_stage, stage_workspace
+from conftest import Payload, call_stage, closed_port, run_stage, stage_workspace
 from ganflow import data
 from ganflow.outputs import TRAIN_FILE_NAMES
 
@@ -84,7 +85,7 @@ def args_for(stage, ws, tmp_path):
 def test_bad_params_stop_every_stage(ws, tmp_path, stage, section, values, message):
     args = args_for(stage, ws, tmp_path)
     before = earlier(*(Path(a) for a in args if a.startswith(str(tmp_path)) and "." in Path(a).name))
-    r = run_stage(stage, "--params", with_params(ws, tmp_path, **{section: values}), *args)
+    r = call_stage(stage, "--params", with_params(ws, tmp_path, **{section: values}), *args)
     fails_with(r, message)
     untouched(before)
 
@@ -101,7 +102,7 @@ def test_folder_source_errors(ws, tmp_path):
     (tmp_path / "corrupt" / "a" / "bad.png").write_bytes(b"not a png at all")
     for folder, message in cases.values():
         p = with_params(ws, tmp_path, prepare={"source": "folder", "folder": str(folder)})
-        r = run_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
+        r = call_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
         fails_with(r, f"prepare.folder {folder}: {message}")
         untouched(before)
 
@@ -113,7 +114,7 @@ def test_mixed_image_modes_are_converted(ws, tmp_path):
         (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.new(mode, (30 + i, 40), color=10 * i).save(tmp_path / "imgs" / f"c{i % 2}" / f"{i}.png")
     p = with_params(ws, tmp_path, prepare={"source": "folder", "folder": str(tmp_path / "imgs"), "channels": 3})
-    r = run_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
+    r = call_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert data.load_prepared(tmp_path / "prepared")[0].images.shape == (5, 3, 28, 28)
 
@@ -143,7 +144,7 @@ def test_damaged_generator_files(ws, tmp_path, damage, message):
     else:
         torch.save({"format": "ganflow-generator-v1", "payload": Payload(os.system, ("touch /tmp/ganflow-pwned",))}, g)
     before = earlier(tmp_path / "samples" / "000000.png", tmp_path / "sgrid.png")
-    r = run_stage("sample", "--params", str(ws / "params.yaml"), str(g), str(g), str(tmp_path / "samples"), str(tmp_path / "sgrid.png"))
+    r = call_stage("sample", "--params", str(ws / "params.yaml"), str(g), str(g), str(tmp_path / "samples"), str(tmp_path / "sgrid.png"))
     fails_with(r, f"{g}: {message}")
     untouched(before)
     assert not Path("/tmp/ganflow-pwned").exists()
@@ -152,13 +153,14 @@ def test_damaged_generator_files(ws, tmp_path, damage, message):
 def test_truncated_training_checkpoint(ws, tmp_path):
     args = args_for("train", ws, tmp_path)
     (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)
-    r = run_stage("train", "--params", str(ws / "params.yaml"), *args)
-    fails_with(r, f"{tmp_path / 'ckpt.pt'}: unreadable or truncated")
+    r = call_stage("train", "--params", str(ws / "params.yaml"), *args)
+    fails_with(r, f"{tmp_path / 'checkpoint.pt'}: unreadable or truncated")
 
 
+@pytest.mark.stage  # a proof in a real process (its fault injection needs one)
 def test_inception_on_without_weights_offline(ws, tmp_path):
     G = _generator_file(ws, tmp_path)
-    assert run_stage("sample", "--params", str(ws / "params.yaml"), str(G), str(G), str(tmp_path / "samples"),
+    assert call_stage("sample", "--params", str(ws / "params.yaml"), str(G), str(G), str(tmp_path / "samples"),
                      str(tmp_path / "sgrid.png")).returncode == 0
     before = earlier(tmp_path / "eval.json")
     p = with_params(ws, tmp_path, evaluate={"inception": "on"})
@@ -168,6 +170,7 @@ def test_inception_on_without_weights_offline(ws, tmp_path):
     untouched(before)
 
 
+@pytest.mark.stage  # a proof in a real process
 def test_unreachable_tracking_server_fails_before_training(ws, tmp_path):
     port = closed_port()
     p = with_params(ws, tmp_path, tracking={"enabled": True, "uri": f"http://127.0.0.1:{port}"})
@@ -178,7 +181,7 @@ def test_unreachable_tracking_server_fails_before_training(ws, tmp_path):
 
 def test_unwritable_output_location(ws, tmp_path):
     (tmp_path / "blocked").write_text("a file where a folder should be")
-    r = run_stage("prepare", "--params", str(ws / "params.yaml"), str(tmp_path / "blocked" / "prepared"), str(tmp_path / "real.png"))
+    r = call_stage("prepare", "--params", str(ws / "params.yaml"), str(tmp_path / "blocked" / "prepared"), str(tmp_path / "real.png"))
     fails_with(r, f"{tmp_path / 'blocked' / 'prepared'}: cannot write")
 
 
@@ -197,7 +200,7 @@ def run_evaluate(ws, tmp_path, prepared=None, **env):
     args = args_for("evaluate", ws, tmp_path)
     if prepared:
         args[1] = str(prepared)
-    return run_stage("evaluate", "--params", str(ws / "params.yaml"), *args, env=env)
+    return call_stage("evaluate", "--params", str(ws / "params.yaml"), *args, env=env)
 
 
 def test_prepared_data_changed_behind_meta_json(ws, tmp_path, mnist):
@@ -216,6 +219,7 @@ def test_prepared_data_changed_behind_meta_json(ws, tmp_path, mnist):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "other-size", "16-bit"])
+@pytest.mark.stage
 def test_a_bad_sample_png_is_named(ws, tmp_path, mnist, damage):
     from PIL import Image
 
@@ -235,8 +239,9 @@ def test_a_bad_sample_png_is_named(ws, tmp_path, mnist, damage):
     untouched(before)
 
 
+@pytest.mark.stage
 def test_too_few_samples(ws, tmp_path, mnist):
-    r = run_stage("sample", "--params", with_params(ws, tmp_path, sample={"n": 2}), *args_for("sample", ws, tmp_path))
+    r = call_stage("sample", "--params", with_params(ws, tmp_path, sample={"n": 2}), *args_for("sample", ws, tmp_path))
     fails_with(r, "sample.n must be greater than or equal to 6 (got 2)")
     real_pngs(tmp_path / "samples", mnist.images[:2])  # a folder made by other means
     fails_with(run_evaluate(ws, tmp_path), "2 samples: the scores need at least 6")
@@ -260,7 +265,7 @@ def test_damaged_prepared_data_is_one_line(ws, tmp_path, damage, message):
     images, labels = damage(np.load(prepared / "images.npy"), np.load(prepared / "labels.npy"))
     np.save(prepared / "images.npy", images)
     np.save(prepared / "labels.npy", labels)
-    r = run_stage("fit_evaluator", "--params", str(ws / "params.yaml"), str(prepared), str(tmp_path / "e.pt"), str(tmp_path / "e.json"))
+    r = call_stage("fit_evaluator", "--params", str(ws / "params.yaml"), str(prepared), str(tmp_path / "e.pt"), str(tmp_path / "e.json"))
     fails_with(r, f"{prepared}: not a prepared data set ({message}")
 
 
@@ -283,7 +288,7 @@ def test_folder_sources_that_cannot_be_scored_stop_at_prepare(ws, tmp_path):
     }
     for name, message in cases.items():
         p = with_params(ws, tmp_path, prepare={"source": "folder", "folder": str(tmp_path / name)})
-        r = run_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
+        r = call_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
         fails_with(r, f"prepare.folder {tmp_path / name}: {message}")
     assert not (tmp_path / "prepared").exists()
 
@@ -299,5 +304,5 @@ def test_crafted_generator_files_are_refused_before_allocating(ws, tmp_path, edi
     obj = torch.load(g, weights_only=True)
     edit(obj)
     torch.save(obj, g)
-    r = run_stage("sample", "--params", str(ws / "params.yaml"), str(g), str(g), str(tmp_path / "samples"), str(tmp_path / "sgrid.png"))
+    r = call_stage("sample", "--params", str(ws / "params.yaml"), str(g), str(g), str(tmp_path / "samples"), str(tmp_path / "sgrid.png"))
     fails_with(r, f"{g}: {message}")

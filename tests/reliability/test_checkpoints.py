@@ -6,14 +6,14 @@ import os
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, Payload
+from conftest import TINY_TRAIN, Payload, paths, train
 from ganflow import GanflowError
 from ganflow.config import parse_params
 from ganflow.generator import load_generator
 from ganflow.training import DivergenceError, Trainer
-from test_training import paths, train  # noqa: E402
 
 
+@pytest.mark.stage
 def test_resume_equals_uninterrupted(mnist, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     train(mnist, whole)
@@ -24,6 +24,7 @@ def test_resume_equals_uninterrupted(mnist, tmp_path):
     assert (whole / "train_log.tsv").read_text() == (split / "train_log.tsv").read_text()
 
 
+@pytest.mark.stage
 def test_changed_settings_start_fresh_and_say_which(mnist, tmp_path):
     train(mnist, tmp_path)
     params = parse_params({"train": {**TINY_TRAIN, "lr_d": 0.001}})
@@ -38,6 +39,7 @@ def test_changed_settings_start_fresh_and_say_which(mnist, tmp_path):
     assert "data_sha256 changed" in other_data.try_resume(tmp_path / "checkpoint.pt")
 
 
+@pytest.mark.stage
 def test_truncated_checkpoint_is_a_clear_error(mnist, tmp_path):
     train(mnist, tmp_path)
     data = (tmp_path / "checkpoint.pt").read_bytes()
@@ -47,6 +49,7 @@ def test_truncated_checkpoint_is_a_clear_error(mnist, tmp_path):
         t.try_resume(tmp_path / "checkpoint.pt")
 
 
+@pytest.mark.stage
 def test_nan_stops_training_naming_the_step(mnist, tmp_path, monkeypatch):
     params = parse_params({"train": TINY_TRAIN})
     t = Trainer(params, mnist, "sha-test")
@@ -66,6 +69,7 @@ def test_nan_stops_training_naming_the_step(mnist, tmp_path, monkeypatch):
     assert not (tmp_path / "generator.pt").exists()
 
 
+@pytest.mark.stage
 def test_train_longer_continues_only_when_steps_grew(mnist, tmp_path):
     train(mnist, tmp_path, steps=20)
     longer = Trainer(parse_params({"train": {**TINY_TRAIN, "steps": 30, "log_every": 10}}), mnist, "sha-test")
@@ -74,6 +78,7 @@ def test_train_longer_continues_only_when_steps_grew(mnist, tmp_path):
     assert "beyond train.steps=10: starting fresh" in shorter.try_resume(tmp_path / "checkpoint.pt")
 
 
+@pytest.mark.stage
 def test_a_checkpoint_of_another_architecture_is_never_loaded(mnist, tmp_path):
     train(mnist, tmp_path, arch="seed")
     t = Trainer(parse_params({"train": TINY_TRAIN}), mnist, "sha-test")
@@ -81,8 +86,6 @@ def test_a_checkpoint_of_another_architecture_is_never_loaded(mnist, tmp_path):
 
 
 def test_a_file_of_another_program_or_a_pickle_payload_is_refused(mnist, tmp_path):
-    from ganflow import checkpoint
-
     other = tmp_path / "other.pt"
     torch.save({"model": torch.zeros(3)}, other)
     with pytest.raises(GanflowError, match="not a ganflow-generator-v1 file"):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import dvc, make_project, mlflow_runs, sh
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.dvc, pytest.mark.slow]
 
 
 def run_queue_in_parallel(root):

@@ -10,7 +10,7 @@ import torch
 
 from conftest import dvc, make_project, mlflow_runs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.dvc, pytest.mark.slow]
 INJECT = Path(__file__).parent / "inject"
 
 

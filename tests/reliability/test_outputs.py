@@ -36,6 +36,7 @@ def test_outputs_respect_the_umask(tmp_path):
     assert oct((tmp_path / "d").stat().st_mode & 0o777) == oct(0o750)
 
 
+@pytest.mark.stage
 def test_stale_temp_folders_of_a_killed_writer_are_removed_and_ignored_by_git(tmp_path):
     stale = tmp_path / ".samples.k1ll3d.tmp"
     stale.mkdir()
@@ -47,6 +48,7 @@ def test_stale_temp_folders_of_a_killed_writer_are_removed_and_ignored_by_git(tm
         assert subprocess.run(["git", "check-ignore", "-q", temp], cwd=ROOT).returncode == 0, temp
 
 
+@pytest.mark.stage
 def test_a_live_writers_temp_file_is_left_alone(tmp_path):
     """Two experiments can write one shared cache file at once: neither may delete the other's temp file
     (which once failed a queued experiment with `cannot write`). A dead writer's temp file goes."""
@@ -70,6 +72,7 @@ def ws(tmp_path_factory, mnist):
     return stage_workspace(tmp_path_factory.mktemp("ws"), mnist, {"tracking": {"enabled": False}})
 
 
+@pytest.mark.stage
 def test_samples_and_grid_change_together_or_not_at_all(ws, tmp_path):
     from ganflow.nets import NetConfig, build
 

@@ -15,7 +15,7 @@ import torch
 from conftest import dvc, make_project, mlflow_runs
 from ganflow.tracking import TAG_RESUMED_FROM, TAG_RESUMED_STEP
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.dvc, pytest.mark.slow]
 INJECT = Path(__file__).parent / "inject"
 TRAIN = {"steps": 40, "log_every": 5, "checkpoint_every": 10, "sample_every": 20, "eval_every": 20, "eval_samples": 64}
 

@@ -35,6 +35,7 @@ def test_every_torch_load_uses_weights_only():
 
 
 @pytest.mark.slow
+@pytest.mark.dvc
 def test_the_pipeline_opens_no_listening_socket(tmp_path):
     env = make_project(tmp_path)
     p = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, env=env,
@@ -53,6 +54,7 @@ def test_the_pipeline_opens_no_listening_socket(tmp_path):
     assert listening == []
 
 
+@pytest.mark.stage
 def test_no_library_unpickles_a_planted_cache_during_evaluate(tmp_path, mnist):
     """B2: torch-fidelity loads its cache with weights_only=False from names anyone can predict (the old
     ganflow chose `ganflow-classifier-<data hash>-<weights hash>`). Plant a pickle under every such name,

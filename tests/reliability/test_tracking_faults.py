@@ -110,6 +110,7 @@ def train(ws, tmp_path, params, env=None, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.stage
 def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path, monkeypatch):
     port = free_port()
     server = mlflow_server(tmp_path, port)
@@ -144,6 +145,7 @@ def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path
         os.killpg(server.pid, signal.SIGKILL)
 
 
+@pytest.mark.stage
 def test_a_half_alive_server_is_one_line_or_a_fallback_never_a_hang(ws, tmp_path, monkeypatch):
     srv, uri = fake_server(HalfAlive)
     fast = {"MLFLOW_TRACKING_URI": "", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
@@ -159,6 +161,7 @@ def test_a_half_alive_server_is_one_line_or_a_fallback_never_a_hang(ws, tmp_path
     srv.shutdown()
 
 
+@pytest.mark.stage
 def test_a_server_that_is_not_mlflow_falls_back_when_asked(ws, tmp_path):
     srv, uri = fake_server(Always200)
     r = train(ws, tmp_path, params_with(ws, tmp_path, uri=uri), env={"MLFLOW_TRACKING_URI": ""})
@@ -171,6 +174,7 @@ def test_a_server_that_is_not_mlflow_falls_back_when_asked(ws, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "directory"])
+@pytest.mark.stage
 def test_a_broken_local_store_at_start_is_one_line_naming_it(ws, tmp_path, damage):
     db = tmp_path / "mlflow.db"
     if damage == "garbage":
@@ -184,13 +188,14 @@ def test_a_broken_local_store_at_start_is_one_line_naming_it(ws, tmp_path, damag
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+@pytest.mark.stage
 def test_a_locked_store_never_blocks_the_training_loop(mnist, tmp_path, monkeypatch):
     """Another process holds an exclusive lock on the sqlite store while training runs: the loop does
     not wait for it, and every metric arrives once the lock is gone."""
     from ganflow import accel
     from ganflow.config import parse_params
     from ganflow.training import Hooks, Trainer
-    from test_training import paths
+    from conftest import paths
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
@@ -213,6 +218,7 @@ def test_a_locked_store_never_blocks_the_training_loop(mnist, tmp_path, monkeypa
     assert [m.step for m in hist] == [5, 10, 15, 20]
 
 
+@pytest.mark.stage
 def test_a_run_killed_before_its_first_checkpoint_is_marked_killed(ws, tmp_path):
     env = {"MLFLOW_TRACKING_URI": "", "PYTHONPATH": INJECT_PATH, "GANFLOW_TEST_KILL": "log.tsv:1"}
     r = train(ws, tmp_path, params_with(ws, tmp_path), env=env, new_session=True)
@@ -224,6 +230,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_marked_killed(ws, tmp_path)
     assert [run.info.status for run in runs] == ["KILLED", "FINISHED"]
 
 
+@pytest.mark.stage
 def test_a_moved_project_keeps_its_artifacts_in_the_project(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     old, new = tmp_path / "old", tmp_path / "new"
@@ -293,7 +300,7 @@ def test_a_store_down_with_an_unwritable_spool_never_stops_training(mnist, tmp_p
     from ganflow.config import parse_params
     from ganflow.tracking.policy import LoopHooks
     from ganflow.training import Trainer
-    from test_training import paths
+    from conftest import paths
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
@@ -453,7 +460,7 @@ def test_a_model_logged_while_the_store_is_down_arrives_registered_when_it_is_ba
     from ganflow.config import parse_params
     from ganflow.tracking import registry
     from ganflow.training import Trainer
-    from test_training import paths
+    from conftest import paths
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))

@@ -4,7 +4,7 @@ before any work, naming the key (or the line and column of a YAML error)."""
 import re
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, call_cli
 from ganflow import GanflowError
 from ganflow.config import ConfigError, load_params, parse_params
 
@@ -18,11 +18,8 @@ def params_file(tmp_path, text: str):
 
 
 def check(f) -> tuple[int, str]:
-    """`ganflow check FILE` as a user runs it: exit status and what it printed."""
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-m", "ganflow.cli", "check", str(f)], capture_output=True, text=True)
+    """`ganflow check FILE` as a user runs it (its main, in this process): exit status and what it printed."""
+    r = call_cli("check", f)
     return r.returncode, (r.stdout + r.stderr).strip()
 
 

@@ -1,5 +1,6 @@
 """Generators and discriminators, registered by architecture name: a new architecture is a new
-module in this package that decorates its builder with `@ARCHS.register(name)`.
+module in this package, named after it, that decorates its builder with `@ARCHS.register(name)`
+(config.arch_names() reads the names from the module names, so `ganflow check` needs no torch).
 
 A builder takes a NetConfig and returns (G, D):
   G(z: N×z_dim [, y: N]) -> N×C×H×W in [-1, 1]
