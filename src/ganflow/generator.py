@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from ganflow import GanflowError, checkpoint
+from ganflow.config import MAX_G_PARAMETERS
 from ganflow.nets import NetConfig, build, parameter_count
 
 
-MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights: far above any generator ganflow trains
+MAX_PARAMETERS = MAX_G_PARAMETERS  # 1 GiB of float32 weights; train.width is checked against it too
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
