@@ -171,14 +171,9 @@ def evaluate_folder(a) -> None:
 
 
 def compare(a) -> None:
-    from ganflow.evaluation import comparable
+    from ganflow.evaluation import comparable, load_results
 
-    results = []
-    for path in (a.a, a.b):
-        try:
-            results.append(json.loads(Path(path).read_text()))
-        except (OSError, ValueError) as err:
-            raise GanflowError(f"{path}: unreadable results ({err})") from None
+    results = [load_results(path) for path in (a.a, a.b)]  # each protocol hash recomputed from its detail
     diff = comparable(*results)
     if diff and not a.force:
         raise GanflowError(f"{a.a} and {a.b} were scored under different protocols ({'; '.join(diff)}): "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,12 @@ from ganflow.nets import NetConfig, build, parameter_count
 MAX_PARAMETERS = MAX_G_PARAMETERS  # 1 GiB of float32 weights; train.width is checked against it too
 
 
+def build_g(arch: str, net: NetConfig) -> nn.Module:
+    """G alone: its D is built at width 1 and dropped (a crafted file's d_width 3000 would allocate a
+    2.96 GB discriminator that nothing uses; d_width does not change G)."""
+    return build(arch, replace(net, d_width=1))[0]
+
+
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """-> (generator in eval mode, the file's dict). A file whose net config is invalid, names an
     unknown architecture, asks for an absurd size (checked before anything is allocated) or whose
@@ -24,10 +31,10 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     obj = checkpoint.load(path, checkpoint.GENERATOR_FORMAT, map_location="cpu")
     try:
         arch, net = obj["arch"], NetConfig(**obj["net"])
-        size = parameter_count(arch, net)
+        size = parameter_count(arch, replace(net, d_width=1))  # G only (built on the meta device)
         if size > MAX_PARAMETERS:
             raise ValueError(f"its net ({arch}, width {net.width}) would have {size:,} parameters, over {MAX_PARAMETERS:,}")
-        G, _ = build(arch, net)
+        G = build_g(arch, net)
         G.load_state_dict(obj["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -52,7 +59,7 @@ class SingleInput(nn.Module):
 def serving_model(generator: dict[str, Any]) -> tuple[nn.Module, np.ndarray]:
     """A generator file's dict (generator.pt) -> (CPU model in eval mode behind one input, an input example)."""
     net = NetConfig(**generator["net"])
-    G, _ = build(generator["arch"], net)
+    G = build_g(generator["arch"], net)
     G.load_state_dict({k: v.cpu() for k, v in generator["state_dict"].items()})
     example = np.random.default_rng(0).standard_normal((2, net.z_dim), dtype=np.float32)
     if net.n_classes:

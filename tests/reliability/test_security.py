@@ -136,3 +136,22 @@ def test_sample_model_errors_name_what_is_missing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
         print(err)
+
+
+def test_a_generator_file_loads_only_g(tmp_path, monkeypatch, mnist):
+    """A crafted generator file with d_width 3000 made load_generator build the unused D (2.96 GB)."""
+    from ganflow import checkpoint
+    from ganflow.generator import load_generator
+    from ganflow.nets import NetConfig, build, dcgan
+
+    net = NetConfig(28, 1, 16, 8)
+    G, _ = build("dcgan", net)
+    path = tmp_path / "generator.pt"
+    checkpoint.save({"format": checkpoint.GENERATOR_FORMAT, "arch": "dcgan", "net": net.to_dict() | {"d_width": 3000},
+                     "state_dict": G.state_dict()}, path)
+    built = []
+    real = dcgan.Discriminator
+    monkeypatch.setattr(dcgan, "Discriminator", lambda cfg: built.append(cfg.disc_width) or real(cfg))
+    loaded, _ = load_generator(path)
+    assert set(built) == {1}  # D built at width 1 (and dropped), never at the file's 3000
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), G.state_dict().values()))
