@@ -135,7 +135,6 @@ def test_sample_model_errors_name_what_is_missing(tmp_path, capsys):
             main(["sample", "--model", uri, "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "g.png")])
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
-        print(err)
 
 
 def test_a_generator_file_loads_only_g(tmp_path, monkeypatch, mnist):
