@@ -141,3 +141,48 @@ def test_check_command(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["check", str(bad)])
     assert e.value.code == 1
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"train": {"ema": 1e300}}, "params.yaml: train.ema 1e+300 (a half-life in images) must be at most 1000 × the 448,000 images trained"),
+    ({"train": {"ema": 1.7e308}}, "params.yaml: train.ema 1.7e+308 (a half-life in images) must be at most 1000"),
+    ({"train": {"lr_decay": 1e-17}}, "params.yaml: train.lr_decay 1e-17 decays over less than one of the 7000 steps"),
+    ({"train": {"eval_samples": 1}}, "params.yaml: train.eval_samples must be greater than or equal to 64 (got 1)"),
+    ({"train": {"eval_samples": 2}}, "params.yaml: train.eval_samples must be greater than or equal to 64 (got 2)"),
+    ({"evaluate": {"bootstrap": 10**9}}, "params.yaml: evaluate.bootstrap must be less than or equal to 10000"),
+    ({"evaluate": {"kid_subset_size": 10**12}}, "params.yaml: evaluate.kid_subset_size must be less than or equal to 10000000"),
+    ({"evaluate": {"kid_subset_size": 1}}, "params.yaml: evaluate.kid_subset_size must be greater than or equal to 2"),
+    ({"train": {"width": 1024}, "prepare": {"resolution": 64}},
+     "params.yaml: train.width 1024 (with train.z_dim 64, dcgan at 64 px) gives a generator of 713,"),
+    ({"train": {"width": 1024, "arch": "sngan"}, "prepare": {"resolution": 64}}, "params.yaml: train.width 1024 (with train.z_dim 64, sngan at 64 px)"),
+])
+def test_unbounded_knobs_are_refused_in_one_line(raw, message):
+    """Issue 20 S5, C2, C3 and the unbounded knobs: each passed check and crashed, hung or trained a useless G."""
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
+def test_the_torch_free_g_size_is_the_nets_own():
+    """config.g_parameters (torch-free, for `ganflow check`) against the generator built on the meta device."""
+    from ganflow.config import g_parameters
+    from ganflow.nets import NetConfig, parameter_count
+
+    for arch in ("dcgan", "sngan"):
+        for res in (28, 32, 64):
+            for channels, z_dim, width, n_classes in [(1, 64, 32, 0), (3, 100, 48, 10), (1, 7, 3, 3)]:
+                net = NetConfig(res, channels, z_dim, width, n_classes=n_classes)
+                assert g_parameters(arch, res, channels, z_dim, width, n_classes) == parameter_count(arch, net), (arch, res)
+    assert g_parameters("seed", 28, 1, 64, 32, 0) is None
+
+
+def test_the_largest_g_check_allows_is_one_sample_loads(tmp_path):
+    """train.width at the bound: the generator that check lets train is one `sample` loads (no MAX_PARAMETERS refusal)."""
+    from ganflow.config import MAX_G_PARAMETERS, g_parameters
+    from ganflow.generator import MAX_PARAMETERS
+
+    assert MAX_PARAMETERS == MAX_G_PARAMETERS
+    widest = max(w for w in range(1, 1025) if g_parameters("dcgan", 64, 1, 64, w, 10) <= MAX_G_PARAMETERS)
+    parse_params({"train": {"width": widest}, "prepare": {"resolution": 64}})
+    with pytest.raises(ConfigError):
+        parse_params({"train": {"width": widest + 1}, "prepare": {"resolution": 64}})

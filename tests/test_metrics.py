@@ -135,3 +135,39 @@ def test_real_features_cache_is_keyed_by_content_and_safe(mnist, evaluator_file,
         np.savez(f, emb=np.array([Payload()], dtype=object), logits=np.zeros(1))
     again = metrics.real_features(b, "classifier", evaluator_file, CFG, CPU)
     assert torch.equal(again.emb, first.emb) and "ignoring the feature cache" in caplog.text
+
+
+def _plant(path, emb, logits, key=None):
+    with open(path, "wb") as f:
+        np.savez(f, emb=emb, logits=logits, **({} if key is None else {"key": np.array(key)}))
+
+
+def test_a_planted_well_formed_cache_is_not_trusted(mnist, evaluator_file, caplog):
+    """S3: an npz of the right shapes planted under the cache name gave FID 0.0; C7: one with the wrong row
+    count gave an IndexError. Each is ignored with a warning and rewritten, also when it copies the key."""
+    a, b = halves(mnist)
+    fake = metrics.extract(a, "classifier", evaluator_file, CFG, CPU)
+    honest = metrics.fidelity(a, b, "classifier", evaluator_file, CFG, CPU)
+    (path,) = metrics.cache_dir().glob("classifier-*.npz")
+    with np.load(path) as z:
+        key = str(z["key"])
+    forged = [(fake.emb.numpy(), fake.logits.numpy(), None),  # the samples' own features: FID 0
+              (fake.emb.numpy(), fake.logits.numpy(), key),  # ... claiming the right key
+              (fake.emb[:7].numpy(), fake.logits[:7].numpy(), key)]  # C7: 7 rows for 500 images
+    for emb, logits, k in forged:
+        _plant(path, emb, logits, k)
+        caplog.clear()
+        out = metrics.fidelity(a, b, "classifier", evaluator_file, CFG, CPU)
+        assert out["fid_classifier"] == pytest.approx(honest["fid_classifier"], rel=1e-5), k
+        assert "ignoring the feature cache" in caplog.text
+        with np.load(path) as z:  # rewritten with the real features
+            assert len(z["emb"]) == len(b) and str(z["key"]) == key
+
+
+def test_a_foreign_state_dict_as_inception_weights_is_one_line(mnist, tmp_path):
+    """C8: a state dict of another net at torch-fidelity's Inception weights path gave a 29-line traceback."""
+    path = tmp_path / metrics.INCEPTION_FILE
+    torch.save({"fc.weight": torch.zeros(2, 2)}, path)
+    with pytest.raises(GanflowError) as err:
+        metrics.extract(mnist.images[:8], "inception", path, CFG, CPU)
+    assert str(err.value).startswith(f"{path}: not the weights of the inception feature extractor") and "\n" not in str(err.value)

@@ -112,31 +112,33 @@ def sample_grid(a) -> None:
 
     if not 1 <= a.n <= 1024:
         raise GanflowError(f"-n must be between 1 and 1024, got {a.n}")
-    if Path(a.model).suffix == ".pt":
-        from ganflow.generator import load_generator
-        from ganflow.sampling import generate
-
-        G, _ = load_generator(a.model)
-        images = generate(G, a.seed, 0, a.n)
-    else:
+    if a.model.startswith(("models:/", "runs:/")):
         import mlflow
+
+        from ganflow.generator import load_registered
 
         _, uri = _tracking(a.params)
         mlflow.set_tracking_uri(uri)
-        try:
-            info = mlflow.models.get_model_info(a.model)
-            model = mlflow.pytorch.load_model(a.model)
-        except Exception as err:
-            raise GanflowError(f"--model {a.model}: cannot load it from {uri} ({type(err).__name__})") from None
-        meta = info.metadata or {}
+        model, meta = load_registered(a.model)
         z_dim, n_classes = int(meta.get("z_dim", 0)), int(meta.get("n_classes", 0))
         if not z_dim:
             raise GanflowError(f"--model {a.model}: no z_dim in its metadata (not logged by ganflow?)")
         z = latents(a.seed, 0, a.n, z_dim)
         if n_classes:  # image i draws class i % n_classes
             z = torch.cat([z, (torch.arange(a.n) % n_classes).float()[:, None]], 1)
-        with torch.no_grad():
-            images = to_uint8(model(z))
+        try:
+            with torch.no_grad():
+                images = to_uint8(model(z))
+        except Exception as err:  # an exported graph that does not take ganflow's input
+            raise GanflowError(f"--model {a.model}: does not map {tuple(z.shape)} latents to images ({type(err).__name__})") from None
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise GanflowError(f"--model {a.model}: gave {tuple(images.shape)}, not N×C×H×W images")
+    else:  # a file: only ever a ganflow generator file, loaded with weights_only=True
+        from ganflow.generator import load_generator
+        from ganflow.sampling import generate
+
+        G, _ = load_generator(a.model)
+        images = generate(G, a.seed, 0, a.n)
     save_grid(images, a.out, nrow=min(10, a.n) if a.n >= 10 else a.n)
     print(f"wrote {a.n} samples of {a.model} to {a.out}")
 
@@ -158,14 +160,9 @@ def evaluate_folder(a) -> None:
 
 
 def compare(a) -> None:
-    from ganflow.evaluation import comparable
+    from ganflow.evaluation import comparable, load_results
 
-    results = []
-    for path in (a.a, a.b):
-        try:
-            results.append(json.loads(Path(path).read_text()))
-        except (OSError, ValueError) as err:
-            raise GanflowError(f"{path}: unreadable results ({err})") from None
+    results = [load_results(path) for path in (a.a, a.b)]  # each protocol hash recomputed from its detail
     diff = comparable(*results)
     if diff and not a.force:
         raise GanflowError(f"{a.a} and {a.b} were scored under different protocols ({'; '.join(diff)}): "

@@ -32,6 +32,34 @@ class ConfigError(GanflowError):
     pass
 
 
+MAX_G_PARAMETERS = 1 << 28  # 1 GiB of float32 weights: the largest generator `sample` loads
+EMA_MAX_IMAGES = 1000  # train.ema (a half-life in images) is at most this many times the images trained
+MIN_EVAL_SAMPLES = 64  # train.eval_samples: FIDs of fewer samples (1 crashed, 2 ranked noise) cannot pick the best G
+UP_PLANS = {28: (7, 2), 32: (4, 3), 64: (4, 4)}  # resolution -> (base side, ×2 upsamplings): nets.up_plan's
+
+
+def g_parameters(arch: str, resolution: int, channels: int, z_dim: int, width: int, n_classes: int) -> int | None:
+    """G's parameter count by formula, torch-free (tests check it against the nets built on the meta
+    device); None for an arch without one (seed: fixed 128-unit layers, width unused)."""
+    base, k = UP_PLANS[resolution]
+
+    def bn(c: int) -> int:  # CondBatchNorm: an embedding of scale and shift per class, or plain affine
+        return 2 * c * (n_classes or 1)
+
+    if arch == "dcgan":
+        ch = width * 2 ** (k - 1)
+        n = z_dim * ch * base * base + bn(ch)
+        for _ in range(k - 1):
+            n += ch * (ch // 2) * 16 + bn(ch // 2)
+            ch //= 2
+        return n + ch * channels * 16 + channels
+    if arch == "sngan":
+        ch = 2 * width
+        block = 2 * bn(ch) + 2 * (ch * ch * 9 + ch) + ch * ch + ch
+        return (z_dim + 1) * ch * base * base + k * block + 2 * ch + ch * channels * 9 + channels
+    return None
+
+
 class _Section(BaseModel):
     # strict: "0.1" is not a float, 1 is not a bool; extra keys are errors (typos never pass silently);
     # floats are finite (.inf / .nan are YAML floats, never meaningful here)
@@ -163,7 +191,7 @@ class TrainConfig(_Section):
     eval_every: Annotated[int, Field(ge=0)] = Field(
         1000, description="steps between classifier-FID checks (metrics/fid_curve.tsv) that pick the best G (0: off)"
     )
-    eval_samples: Annotated[int, Field(gt=0, le=50_000)] = Field(1000, description="samples per check")
+    eval_samples: Annotated[int, Field(ge=MIN_EVAL_SAMPLES, le=50_000)] = Field(1000, description="samples per check")
 
     _arch = field_validator("arch")(_one_of(arch_names))
     _loss = field_validator("loss")(_one_of(LOSS_NAMES))
@@ -174,6 +202,17 @@ class TrainConfig(_Section):
         why = graph_blocker(self.device, self.devices != 1, self.compile)
         if self.cuda_graph == "on" and why:
             raise ValueError(f"train.cuda_graph is on, but {why}: use auto or off")
+        return self
+
+    @model_validator(mode="after")
+    def _schedules_fit_the_run(self):
+        images = self.steps * self.batch_size * (self.devices if isinstance(self.devices, int) else 1)
+        if self.ema > EMA_MAX_IMAGES * images:
+            raise ValueError(f"train.ema {self.ema:g} (a half-life in images) must be at most {EMA_MAX_IMAGES} × the "
+                             f"{images:,} images trained (train.steps × train.batch_size): G would never leave its initial weights")
+        if self.lr_decay and self.lr_decay * self.steps < 1:
+            raise ValueError(f"train.lr_decay {self.lr_decay:g} decays over less than one of the {self.steps} steps: "
+                             f"use 0 (off) or at least 1/train.steps ({1 / self.steps:.3g})")
         return self
 
     @field_validator("augment")
@@ -208,11 +247,11 @@ class EvaluateConfig(_Section):
         None, description="local path to torch-fidelity's weights-inception-2015-12-05-6726825d.pth"
     )
     batch_size: BatchSize = Field(250, description="torch-fidelity batch size")
-    kid_subset_size: PosInt = Field(1000, description="KID subset size, clamped to the number of samples")
+    kid_subset_size: Annotated[int, Field(ge=2, le=10_000_000)] = Field(1000, description="KID subset size, clamped to the number of samples")
     feature_extractor_internal_dtype: Literal["float32", "float64"] | None = Field(
         None, description="Inception's internal dtype: float32 (null) | float64"
     )
-    bootstrap: Annotated[int, Field(ge=0)] = Field(200, description="bootstrap resamples for the 95 % interval of fid_classifier (0: none)")
+    bootstrap: Annotated[int, Field(ge=0, le=10_000)] = Field(200, description="bootstrap resamples for the 95 % interval of fid_classifier (0: none)")
     cas: Literal["auto", "on", "off"] = Field(
         "auto", description="classification accuracy score (trains a classifier on the samples): auto: on CUDA only | on | off"
     )
@@ -240,6 +279,15 @@ class Params(_Section):
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _generator_fits(self):
+        t, p = self.train, self.prepare
+        n = g_parameters(t.arch, p.resolution, p.channels, t.z_dim, t.width, 0 if t.conditional is False else 10)
+        if n is not None and n > MAX_G_PARAMETERS:
+            raise ValueError(f"train.width {t.width} (with train.z_dim {t.z_dim}, {t.arch} at {p.resolution} px) gives a generator "
+                             f"of {n:,} parameters, over the {MAX_G_PARAMETERS:,} that sample loads: lower train.width or train.z_dim")
+        return self
 
 
 def _section_model(field) -> type[BaseModel] | None:
@@ -288,7 +336,7 @@ def _one_line(err: ValidationError, source: str) -> str:
     else:
         text = e["msg"].removeprefix("Value error, ")
         text = text.replace("Input should be", "must be").replace("Input", "value")
-        if key and text.startswith(key + "."):  # a section-level check names its own key
+        if not key or text.startswith(key + "."):  # a section-level (or whole-file) check names its own key
             msg = text
         else:
             msg = f"{key} {text[0].lower()}{text[1:]} (got {e['input']!r})"

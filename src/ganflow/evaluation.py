@@ -147,6 +147,37 @@ def class_accuracy_score(samples: Dataset, pred: np.ndarray, images: np.ndarray,
     return float(hit.mean()), per_class
 
 
+MAX_RESULTS_BYTES = 10 << 20  # an eval.json is a few kB
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """An eval.json, checked: a regular file of at most MAX_RESULTS_BYTES holding a JSON object whose
+    `protocol` is the hash of its `protocol_detail` (recomputed here: an edited protocol, or a hash
+    copied from another file, is refused). Anything else is one GanflowError naming the file."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise GanflowError(f"{path}: not a regular file (an eval.json is)")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RESULTS_BYTES + 1)
+        if len(raw) > MAX_RESULTS_BYTES:
+            raise GanflowError(f"{path}: over {MAX_RESULTS_BYTES >> 20} MB, not an eval.json")
+        results = json.loads(raw)
+    except OSError as err:
+        raise GanflowError(f"{path}: unreadable ({err.strerror or type(err).__name__})") from None
+    except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, nested past the parser's depth
+        raise GanflowError(f"{path}: not valid JSON ({type(err).__name__})") from None
+    if not isinstance(results, dict):
+        raise GanflowError(f"{path}: holds a JSON {type(results).__name__}, not an eval.json's object (per_class.json is a table)")
+    detail, claimed = results.get(m.KEY_PROTOCOL_DETAIL), results.get(m.KEY_PROTOCOL)
+    if not isinstance(detail, dict) or not isinstance(claimed, str):
+        raise GanflowError(f"{path}: no {m.KEY_PROTOCOL} and {m.KEY_PROTOCOL_DETAIL} (not an eval.json of ganflow evaluate)")
+    if protocol_hash(detail) != claimed:
+        raise GanflowError(f"{path}: its {m.KEY_PROTOCOL} {claimed!r} is not the hash of its {m.KEY_PROTOCOL_DETAIL} "
+                           f"({protocol_hash(detail)}): the file was edited; refused")
+    return results
+
+
 def comparable(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The protocol fields in which two eval.json results differ (empty: their scores compare)."""
     pa, pb = a.get(m.KEY_PROTOCOL_DETAIL, {}), b.get(m.KEY_PROTOCOL_DETAIL, {})

@@ -237,10 +237,14 @@ def extract(images: np.ndarray | Dataset, space: Space, weights: str | Path, cfg
         check_weights_file(Path(weights))
     emb, logits = _layers(space)
     cuda = device.type == "cuda"
-    fe = create_feature_extractor(
-        EXTRACTORS[space], [emb, logits], cuda=cuda, feature_extractor_weights_path=str(weights),
-        feature_extractor_internal_dtype=cfg.feature_extractor_internal_dtype if rgb else None, **TF_KWARGS,
-    )
+    try:
+        fe = create_feature_extractor(
+            EXTRACTORS[space], [emb, logits], cuda=cuda, feature_extractor_weights_path=str(weights),
+            feature_extractor_internal_dtype=cfg.feature_extractor_internal_dtype if rgb else None, **TF_KWARGS,
+        )
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:  # a state dict of another net
+        why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise GanflowError(f"{weights}: not the weights of the {space} feature extractor ({why})") from None
     out = get_featuresdict_from_dataset(ImageArray(images, rgb), fe, cfg.batch_size, cuda, True, False)
     return Features(out[emb].float(), out[logits].float())
 
@@ -249,28 +253,58 @@ def cache_dir() -> Path:
     return Path(torch.hub.get_dir()).parent / "ganflow_cache"
 
 
+SPOT_CHECK = 16  # cached rows recomputed, at random, before a cache entry is trusted
+
+
 def real_features(images: np.ndarray, space: Space, weights: str | Path, cfg: EvaluateConfig,
                   device: torch.device) -> Features:
     """`extract` of the real images, cached as npz under a hash of the pixels actually passed in, the
-    extractor's file and every setting that changes the numbers (a stale or foreign entry cannot match)."""
+    extractor's file and every setting that changes the numbers (a stale or foreign entry cannot match).
+
+    An entry is trusted only when it is bound to this content: it holds that key itself, one row per
+    image in both arrays, and SPOT_CHECK rows picked at random (a fresh pick each time, so a planted
+    file cannot know them) agree with the extractor run on those images now. Anything else (damaged,
+    planted, the wrong row count) is ignored with a warning and rewritten."""
     parts = {
-        "format": "ganflow-features-v1", "space": space, "layers": _layers(space), "weights": file_sha256(weights),
+        "format": "ganflow-features-v2", "space": space, "layers": _layers(space), "weights": file_sha256(weights),
         "images": array_sha256(images), "torch_fidelity": torch_fidelity.__version__, "device": device.type,
         "batch_size": cfg.batch_size, "dtype": cfg.feature_extractor_internal_dtype if space == "inception" else None,
     }
-    path = cache_dir() / f"{space}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]}.npz"
+    cache_key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    path = cache_dir() / f"{space}-{cache_key[:32]}.npz"
     try:
         with np.load(path, allow_pickle=False) as z:
-            return Features(torch.from_numpy(z["emb"]), torch.from_numpy(z["logits"]))
+            cached = Features(torch.from_numpy(z["emb"]), torch.from_numpy(z["logits"]))
+            why = _unbound(cached, str(z["key"]) if "key" in z else "", cache_key, images, space, weights, cfg, device)
+        if not why:
+            return cached
+        log.warning("ignoring the feature cache %s (%s); recomputing it", path, why)
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # damaged or planted: recompute
-        log.warning("ignoring the feature cache %s (%s)", path, type(err).__name__)
+        log.warning("ignoring the feature cache %s (%s); recomputing it", path, type(err).__name__)
     f = extract(images, space, weights, cfg, device)
     buf = io.BytesIO()
-    np.savez(buf, emb=f.emb.numpy(), logits=f.logits.numpy())
+    np.savez(buf, emb=f.emb.numpy(), logits=f.logits.numpy(), key=np.array(cache_key))
     write_bytes(path, buf.getvalue())
     return f
+
+
+def _unbound(f: Features, stored_key: str, cache_key: str, images: np.ndarray, space: Space, weights: str | Path,
+             cfg: EvaluateConfig, device: torch.device) -> str:
+    """Why a cache entry is not the features of these images (empty: it is)."""
+    n = len(images)
+    if stored_key != cache_key:
+        return "not made for these images and extractor"
+    if f.emb.dim() != 2 or f.logits.dim() != 2 or len(f.emb) != n or len(f.logits) != n:
+        return f"shapes {tuple(f.emb.shape)} / {tuple(f.logits.shape)} for {n} images"
+    if f.emb.dtype != torch.float32 or f.logits.dtype != torch.float32:
+        return f"{f.emb.dtype} / {f.logits.dtype} rows, expected float32"
+    idx = np.sort(np.random.default_rng().choice(n, min(SPOT_CHECK, n), replace=False))
+    now = extract(images[idx], space, weights, cfg, device)
+    ok = all(torch.allclose(a[torch.from_numpy(idx)], b, rtol=1e-3, atol=1e-3 * float(b.abs().max().clamp_min(1)))
+             for a, b in ((f.emb, now.emb), (f.logits, now.logits)))
+    return "" if ok else f"its rows differ from the extractor's output on {len(idx)} of these images"
 
 
 # -- scores from features -------------------------------------------------------------------------

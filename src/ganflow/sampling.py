@@ -124,31 +124,52 @@ def write_samples(
 
 
 class PngFolder(torch.utils.data.Dataset):
-    """The PNGs of a samples folder, in name order, read lazily as uint8 C×H×W tensors. A file that
-    does not decode, or whose C×H×W differs from `shape` (default: the first file's), stops the
-    reading with an error naming it."""
+    """The PNGs of a samples folder (*.png, any case), in name order, read lazily as uint8 C×H×W tensors.
+
+    Only regular files are read (a FIFO named x.png would block forever); anything else in the folder
+    is counted and reported once. Every 8-bit mode (P, LA, RGBA, 1, ...) is converted to the prepared
+    data's L or RGB, as prepare converts its images (a palette PNG is scored by its colours, not its
+    indices). A file that does not decode, has more than 8 bits per channel, or whose C×H×W differs
+    from `shape` (default: the first file's) stops the reading with an error naming it; its size is
+    checked before its pixels are decoded, so a decompression bomb is refused unread."""
 
     def __init__(self, folder: str | Path, shape: tuple[int, int, int] | None = None):
-        self.paths = sorted(Path(folder).glob("*.png"))
+        import logging
+
+        entries = sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".")) if Path(folder).is_dir() else []
+        self.paths = [p for p in entries if p.suffix.lower() == ".png" and p.is_file()]
         if not self.paths:
             raise GanflowError(f"{folder}: no PNG samples in it")
-        self.shape = tuple(shape) if shape else tuple(self[0].shape)
+        skipped = [p.name for p in entries if p not in set(self.paths)]
+        if skipped:
+            logging.getLogger("ganflow.sampling").warning(
+                "%s: skipped %d entr%s that %s not a regular PNG file (%s)", folder, len(skipped),
+                "y" if len(skipped) == 1 else "ies", "is" if len(skipped) == 1 else "are", ", ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
+        self.shape = tuple(shape) if shape else None
+        self.shape = tuple(self[0].shape)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        import warnings
+
         from PIL import Image
 
+        path = self.paths[i]
         try:
-            with Image.open(self.paths[i]) as im:
-                a = np.asarray(im)
-        except (OSError, ValueError, SyntaxError) as err:  # PIL: truncated, not a PNG, bad chunk
-            raise GanflowError(f"{self.paths[i]}: unreadable PNG ({type(err).__name__}: {err})") from None
-        if a.dtype != np.uint8:
-            raise GanflowError(f"{self.paths[i]}: {a.dtype} pixels, expected 8-bit")
-        x = torch.from_numpy(a[None].copy() if a.ndim == 2 else a.transpose(2, 0, 1).copy())
-        if hasattr(self, "shape") and tuple(x.shape) != self.shape:
-            raise GanflowError(f"{self.paths[i]}: {'×'.join(map(str, x.shape))} (C×H×W), expected "
-                               f"{'×'.join(map(str, self.shape))} like the other samples and the prepared data")
-        return x
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F") or len(im.getbands()) > 4:
+                        raise GanflowError(f"{path}: {im.mode} pixels (more than 8 bits), expected 8-bit")
+                    size = (im.height, im.width)
+                    if self.shape and size != self.shape[1:]:
+                        raise GanflowError(f"{path}: {im.height}×{im.width} pixels, expected "
+                                           f"{'×'.join(map(str, self.shape[1:]))} like the other samples and the prepared data")
+                    grey = self.shape[0] == 1 if self.shape else im.mode in ("1", "L", "LA", "La")
+                    a = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            # PIL: truncated, not a PNG, bad chunk, more pixels than its bomb limit
+            raise GanflowError(f"{path}: unreadable PNG ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+        return torch.from_numpy(a[None].copy() if a.ndim == 2 else a.transpose(2, 0, 1).copy())

@@ -230,10 +230,10 @@ def test_a_bad_sample_png_is_named(ws, tmp_path, mnist, damage):
         message = f"{bad}: unreadable PNG"
     elif damage == "other-size":
         Image.new("L", (32, 32)).save(bad)
-        message = f"{bad}: 1×32×32 (C×H×W), expected 1×28×28"
+        message = f"{bad}: 32×32 pixels, expected 28×28"
     else:
         Image.new("I;16", (28, 28)).save(bad)
-        message = f"{bad}: uint16 pixels, expected 8-bit"
+        message = f"{bad}: I;16 pixels (more than 8 bits), expected 8-bit"
     before = earlier(tmp_path / "eval.json", tmp_path / "per_class.json")
     fails_with(run_evaluate(ws, tmp_path), message)
     untouched(before)

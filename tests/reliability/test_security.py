@@ -95,3 +95,64 @@ def test_no_library_unpickles_a_planted_cache_during_evaluate(tmp_path, mnist):
     subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(planted)!r}, weights_only=False)"],
                    env={**os.environ, **env}, capture_output=True)
     assert marker.exists() and "pickle.find_class" in audit.read_text()
+
+
+def test_registry_model_in_pickle_format_never_runs_its_payload(tmp_path, capsys):
+    """S1: a pickled module registered and made @champion: `ganflow sample --model` refuses it in one line,
+    and the payload in it never runs (mlflow.pytorch.load_model would unpickle it)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ganflow.cli import main
+
+    marker = tmp_path / "pwned"
+    module = torch.nn.Linear(2, 2)
+    module.payload = Payload(os.system, (f"touch {marker}",))
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(module, name="generator", serialization_format="pickle", pip_requirements=[],
+                                        registered_model_name="evil", metadata={"z_dim": 2})
+    MlflowClient().set_registered_model_alias("evil", "champion", info.registered_model_version)
+    capsys.readouterr()
+    for uri in ("models:/evil@champion", f"runs:/{info.run_id}/generator"):
+        with pytest.raises(SystemExit):
+            main(["sample", "--model", uri, "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "g.png")])
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: --model {uri}: it holds a pickled module (serialization_format='pickle'); refused"), err
+    assert not marker.exists() and not (tmp_path / "g.png").exists()
+
+
+def test_sample_model_errors_name_what_is_missing(tmp_path, capsys):
+    """`ganflow sample --model`: a missing model or alias is named; a path is never read as an MLflow URI."""
+    import mlflow
+
+    from ganflow.cli import main
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.MlflowClient().create_registered_model("ganflow-generator")
+    capsys.readouterr()
+    cases = {"models:/nosuch@champion": "nosuch", "models:/ganflow-generator@champion": "champion",
+             "/etc/passwd": "/etc/passwd: unreadable or truncated (not a PyTorch zip file)"}
+    for uri, named in cases.items():
+        with pytest.raises(SystemExit):
+            main(["sample", "--model", uri, "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "g.png")])
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
+
+
+def test_a_generator_file_loads_only_g(tmp_path, monkeypatch, mnist):
+    """A crafted generator file with d_width 3000 made load_generator build the unused D (2.96 GB)."""
+    from ganflow import checkpoint
+    from ganflow.generator import load_generator
+    from ganflow.nets import NetConfig, build, dcgan
+
+    net = NetConfig(28, 1, 16, 8)
+    G, _ = build("dcgan", net)
+    path = tmp_path / "generator.pt"
+    checkpoint.save({"format": checkpoint.GENERATOR_FORMAT, "arch": "dcgan", "net": net.to_dict() | {"d_width": 3000},
+                     "state_dict": G.state_dict()}, path)
+    built = []
+    real = dcgan.Discriminator
+    monkeypatch.setattr(dcgan, "Discriminator", lambda cfg: built.append(cfg.disc_width) or real(cfg))
+    loaded, _ = load_generator(path)
+    assert set(built) == {1}  # D built at width 1 (and dropped), never at the file's 3000
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), G.state_dict().values()))
