@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -56,12 +57,14 @@ class Loss:
 
     @staticmethod
     def r1_penalty(D: Disc, real: torch.Tensor, y=None) -> torch.Tensor:
-        """R1 (Mescheder et al. 2018) without its weight: ½·E‖∇ₓD(x)‖² over real images x. Plus 0·D(x):
-        the gradient on x misses D's last bias, and DDP wants a gradient for every parameter."""
-        real = real.detach().requires_grad_(True)
-        logits = D(real, y).float()
-        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-        return grad.float().square().flatten(1).sum(1).mean() / 2 + 0 * logits.mean()
+        """R1 (Mescheder et al. 2018) without its weight: ½·E‖∇ₓD(x)‖² over real images x."""
+        return gradient_penalty(D, real, y)
+
+    @staticmethod
+    def r2_penalty(D: Disc, fake: torch.Tensor, y=None) -> torch.Tensor:
+        """R2 (Mescheder et al. 2018; R3GAN, Huang et al. 2024) without its weight: ½·E‖∇ₓD(x)‖² over
+        fakes x = G(z), detached (it trains D only)."""
+        return gradient_penalty(D, fake, y)
 
     def d_loss(self, D: Disc, real, fake, y=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (loss, logits on real, logits on fake)."""
@@ -78,11 +81,33 @@ class Loss:
     def g_loss(self, D: Disc, fake, y=None, keep: torch.Tensor | None = None) -> torch.Tensor:
         """G's loss over the batch; with `keep` (a count, as a tensor so a CUDA graph replays any value),
         over the `keep` fakes D rates most real only (top-k training, Sinha et al. 2020)."""
-        per = self.g_per_sample(D(fake, y))
-        if keep is None:
-            return per.mean()
-        ranked = per.flatten().sort().values  # lowest loss = highest logit first
-        return (ranked * (torch.arange(len(ranked), device=ranked.device) < keep)).sum() / keep
+        return top_k_mean(self.g_per_sample(D(fake, y)), keep)
+
+
+def top_k_mean(per: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The mean of the per-sample G losses, or of the `keep` lowest (top-k training)."""
+    if keep is None:
+        return per.mean()
+    ranked = per.flatten().sort().values  # lowest loss = highest logit first
+    return (ranked * (torch.arange(len(ranked), device=ranked.device) < keep)).sum() / keep
+
+
+def gradient_penalty(D: Disc, x: torch.Tensor, y=None) -> torch.Tensor:
+    """Zero-centred gradient penalty ½·E‖∇ₓD(x)‖² at the images x (R1 on reals, R2 on fakes). Plus
+    0·D(x): the gradient on x misses D's last bias, and DDP wants a gradient for every parameter."""
+    x = x.detach().requires_grad_(True)
+    logits = D(x, y).float()
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    return grad.float().square().flatten(1).sum(1).mean() / 2 + 0 * logits.mean()
+
+
+def gamma_schedule(step: int, total: int, gamma0: float, final_ratio: float = 0.1) -> float:
+    """Cosine decay of a penalty weight from gamma0 at step 0 to gamma0·final_ratio at step `total`
+    (held there after), as R3GAN decays γ over training: a pure function of the step, so a resumed
+    run gets the same weights."""
+    t = min(max(step, 0) / max(total, 1), 1.0)
+    end = gamma0 * final_ratio
+    return end + (gamma0 - end) * (1 + math.cos(math.pi * t)) / 2
 
 
 LOSSES: Registry[type[Loss]] = Registry("loss")
@@ -125,6 +150,32 @@ class WGANGP(Loss):
 
     def g_per_sample(self, f):
         return -f
+
+
+@LOSSES.register("rpgan")
+class RpGAN(Loss):
+    # relativistic pairing (Jolicoeur-Martineau 2019; R3GAN, Huang et al. 2024), each fake paired with a
+    # real image of the batch: D minimises softplus(-(D(x) - D(G(z)))), G the mirror softplus(-(D(G(z)) - D(x)))
+    def __init__(self, lecam: float = 0.0, device: torch.device | str = "cpu"):
+        super().__init__(lecam, device)
+        self._real: torch.Tensor | None = None  # the last D step's real batch, which G's loss pairs with
+
+    def d_loss(self, D, real, fake, y=None):
+        self._real = real
+        return super().d_loss(D, real, fake, y)
+
+    def d_from_logits(self, r, f):
+        return F.softplus(f - r).mean()
+
+    def g_loss(self, D, fake, y=None, keep=None, real: torch.Tensor | None = None):
+        """G's loss pairs each fake with a real image: `real`, or else the batch of the D step just
+        before (the step's order: D, then G). D(x) is a constant here: only G learns."""
+        real = self._real if real is None else real
+        if real is None:
+            raise RuntimeError("rpgan: G's loss needs D(x): pass real=, or run a D step first")
+        with torch.no_grad():
+            r = D(real, y)
+        return top_k_mean(F.softplus(r - D(fake, y)), keep)
 
 
 def get(name: str, lecam: float = 0.0, device: torch.device | str = "cpu") -> Loss:
