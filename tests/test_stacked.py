@@ -111,3 +111,24 @@ def test_evaluate_reports_the_benchmark_in_the_stacked_digit_space(digit_evaluat
     assert r["fid_classifier"] < 5 and "fid_intra_classifier" not in r
     assert "stacked" in r["protocol_detail"] and "stacked digits" in r["protocol_detail"]["classifier_space"]
     assert len(report.per_class) == 1000
+
+
+@pytest.mark.slow
+def test_stacked_mnist_through_the_whole_pipeline_with_dvc_repro(tmp_path):
+    """prepare -> fit_evaluator -> train -> sample -> evaluate on stacked-mnist, by a real `dvc repro`."""
+    import json
+
+    from conftest import dvc, make_project
+
+    root = tmp_path / "proj"
+    env = make_project(root, {"prepare": {"source": "stacked-mnist", "channels": 3, "stacked_n": 1000},
+                              "train": {"eval_every": 0}, "tracking": {"enabled": False}})
+    dvc(root, env, "repro")
+    meta = json.loads((root / "data/prepared/meta.json").read_text())
+    assert meta["source"] == "stacked-mnist" and meta["shape"] == [3, 28, 28] and meta["digits"]["heldout"] == 500
+    assert torch.load(root / "models/evaluator.pt", weights_only=True)["stacked"] is True
+    ev = json.loads((root / "metrics/eval.json").read_text())
+    assert {"modes_stacked", "kl_stacked", "modes_stacked_real", "kl_stacked_real", "fid_classifier"} <= set(ev)
+    n = ev["n_samples"]  # 128: real stacks hit ~ 1000 · (1 - e^(-n/1000)) = 120 modes
+    assert 1 <= ev["modes_stacked"] <= n and 100 < ev["modes_stacked_real"] <= n
+    assert "stacked" in ev["protocol_detail"]
