@@ -119,8 +119,7 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
         "cas": json.dumps(info["recipe"], sort_keys=True) if cas else "off",
     }
     if is_stacked:
-        protocol |= stacked_protocol | {"classifier_space": "stacked digits: the mnist-5k digit classifier on each channel, "
-                                        "features of R, G, B concatenated; logits = log p(triple)"}
+        protocol |= stacked_protocol
     if inception is not None:
         protocol |= {"inception_extractor": m.INCEPTION_EXTRACTOR, "inception_weights_sha256": m.file_sha256(inception)[:16],
                      "inception_resize": m.RESIZE["inception"]}

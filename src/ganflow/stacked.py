@@ -71,6 +71,8 @@ def benchmark(pred_modes: np.ndarray, model: evaluator.StackedClassifier, info: 
     protocol = {
         "stacked": f"modes: triples with >= 1 of the {n} samples (published rows: {PROTOCOL_N}); KL(samples || uniform "
                    f"over {N_MODES}), nats; each channel classified by the digit classifier",
+        "classifier_space": "stacked digits: the mnist-5k digit classifier on each channel, features of R, G, B "
+                            "concatenated; logits = log p(triple)",
         "stacked_floor": f"{n} random stacks of the {info['recipe']['holdout']} held-out mnist-5k digits "
                          f"(seed {info['seed']}, stream {FLOOR_STREAM})",
     }
