@@ -79,3 +79,19 @@ def test_gamma_schedule_is_a_cosine_from_gamma0_to_a_tenth():
     assert g[0] == pytest.approx(2.0) and g[2] == pytest.approx(1.1) and g[3] == pytest.approx(0.2) and g[4] == g[3]
     assert g[1] == pytest.approx(0.2 + 1.8 * (1 + math.cos(math.pi / 4)) / 2)
     assert all(a > c for a, c in zip(g, g[1:4]))  # falls monotonically
+
+
+def test_rpgan_runs_through_the_existing_step_and_its_g_step_trains_g_only(mnist):
+    from conftest import TINY_TRAIN
+    from ganflow.config import parse_params
+    from ganflow.training import Trainer
+
+    torch.manual_seed(0)
+    t = Trainer(parse_params({"train": {**TINY_TRAIN, "loss": "rpgan"}}), mnist, "x")
+    calls = {"D": 0, "G": 0}
+    for name, net in (("D", t.D), ("G", t.G)):
+        for p in net.parameters():
+            p.register_hook(lambda g, name=name: calls.__setitem__(name, calls[name] + 1))
+    out = t.train_step()  # D step (pairs with this batch), then G step (pairs with the same batch)
+    assert torch.isfinite(out).all()
+    assert calls == {"D": sum(1 for _ in t.D.parameters()), "G": sum(1 for _ in t.G.parameters())}
