@@ -78,9 +78,10 @@ class Loss:
         """G's loss of each fake from D's logit on it; every loss here falls as the logit rises."""
         raise NotImplementedError
 
-    def g_loss(self, D: Disc, fake, y=None, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def g_loss(self, D: Disc, fake, y=None, keep: torch.Tensor | None = None, real: torch.Tensor | None = None) -> torch.Tensor:
         """G's loss over the batch; with `keep` (a count, as a tensor so a CUDA graph replays any value),
-        over the `keep` fakes D rates most real only (top-k training, Sinha et al. 2020)."""
+        over the `keep` fakes D rates most real only (top-k training, Sinha et al. 2020). `real`: the
+        step's real batch, for losses that pair fakes with reals (rpgan); the others ignore it."""
         return top_k_mean(self.g_per_sample(D(fake, y)), keep)
 
 
