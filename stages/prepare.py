@@ -20,7 +20,7 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     params = load_params(a.params)
 
-    ds = data.load_source(params.prepare, a.raw)
+    ds = data.load_source(params.prepare, a.raw, params.evaluator.holdout, params.seed)
     meta = data.save_prepared(ds, a.out, params.prepare.source)
     images, nrow = data.example_grid(ds, seed=params.seed)
     save_grid(images, a.grid, nrow)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, paths, train
-from ganflow import GanflowError, accel
+from ganflow import GanflowError, accel, losses
 from ganflow.config import ConfigError, parse_params
 from ganflow.generator import serving_model
 from ganflow.training import Hooks, Trainer
@@ -201,6 +201,33 @@ def test_lecam_r1_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
 
 
 @pytest.mark.stage
+def test_rpgan_with_r1_r2_and_a_cosine_gamma_resumes_exactly(mnist, tmp_path):
+    """The R3GAN recipe (relativistic pairing, lazy R1 and R2, γ decaying as a cosine): its weights
+    are functions of the step, so a run killed after its step-10 checkpoint and resumed equals the
+    whole one, bit for bit; and R2 is really applied."""
+    knobs = {"loss": "rpgan", "r1": 1.0, "r2": 1.0, "r1_every": 3, "gamma_schedule": "cosine"}
+    a = train(mnist, tmp_path / "whole", **knobs)
+
+    def kill_at_10(metrics, step):
+        if step == 10:
+            raise Killed
+
+    params = parse_params({"train": {**TINY_TRAIN, **knobs}})
+    accel.seed_everything(params.seed, torch.device("cpu"))
+    with pytest.raises(Killed):
+        Trainer(params, mnist, "sha-test").run(paths(tmp_path / "split"), Hooks(on_metrics=kill_at_10))
+    b = train(mnist, tmp_path / "split", **knobs)
+    assert b.resumed["step"] == 10
+    assert (tmp_path / "whole" / "generator.pt").read_bytes() == (tmp_path / "split" / "generator.pt").read_bytes()
+    r1, r2 = a.gs.loss.lazy_d_terms
+    assert (r1.name, r1.on, r2.name, r2.on) == ("r1", "real", "r2", "fake")
+    assert r2.weight == pytest.approx(losses.gamma_schedule(19, 20, 1.0)) and r2.weight < 0.2  # γ decayed to ~γ/10
+    c = train(mnist, tmp_path / "no-r2", **{**knobs, "r2": 0.0})
+    assert (tmp_path / "whole" / "generator.pt").read_bytes() != (tmp_path / "no-r2" / "generator.pt").read_bytes()
+    assert [t.name for t in c.gs.loss.lazy_d_terms] == ["r1"]
+
+
+@pytest.mark.stage
 def test_lazy_r1_runs_under_torch_compile(mnist):
     """torch.compile cannot differentiate twice (R1 differentiates D's input gradient): the R1 step calls
     D's view uncompiled, the D+G step the compiled one."""
@@ -228,6 +255,7 @@ ARCH_LOSS = [("seed", "non-saturating", "none", {}), ("dcgan", "hinge", "spectra
              ("dcgan", "non-saturating", "batch", {}), ("dcgan", "wgan-gp", "none", {}),
              ("sngan", "hinge", "spectral", {}), ("dcgan", "hinge", "spectral", {"conditional": True}),
              ("sngan", "hinge", "spectral", {"conditional": True}),
+             ("dcgan", "rpgan", "none", {"r1": 1.0, "r2": 1.0, "r1_every": 2, "gamma_schedule": "cosine"}),
              ("dcgan", "hinge", "spectral", {"augment": ["color", "translation", "cutout"]}),
              ("dcgan", "hinge", "spectral", {"channels_last": True}),
              ("dcgan", "hinge", "spectral", {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05, "topk": 0.5}),

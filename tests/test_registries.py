@@ -25,8 +25,8 @@ def test_registry_refuses_duplicates_and_names_the_choices():
 
 def test_registered_names():
     assert {"seed", "dcgan"} <= set(ARCHS.names())
-    assert {"non-saturating", "hinge", "wgan-gp"} <= set(losses.LOSSES.names())
-    assert {"mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder"} == set(SOURCES.names())
+    assert {"non-saturating", "hinge", "wgan-gp", "rpgan"} <= set(losses.LOSSES.names())
+    assert {"mnist-5k", "mnist", "fashion-mnist", "cifar10", "folder", "stacked-mnist"} == set(SOURCES.names())
     assert {"color", "translation", "cutout"} == set(augment.AUGMENTS.names())
 
 

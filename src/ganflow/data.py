@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from ganflow import GanflowError
+from ganflow.config import STACKED_SOURCE
 from ganflow.io import atomic_dir
 from ganflow.registry import Registry
 
@@ -29,6 +30,7 @@ class ImageSet:
     images: np.ndarray  # uint8 N×C×H×W
     labels: np.ndarray | None  # int64 N, or None for unlabelled data
     classes: list[str]  # class names, index = label
+    info: dict = field(default_factory=dict)  # source-specific facts for meta.json (stacked-mnist: its digits)
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -61,6 +63,24 @@ class ImageArray(Dataset):
 # its names are also declared torch-free in config.SOURCE_NAMES (a test checks the two agree)
 SOURCES: Registry = Registry("data source")
 MIN_PER_CLASS = 2  # a folder source's smallest class: the classifier needs one to train on and one to hold out
+
+
+def holdout_size(n: int, fraction: float) -> int:
+    """Images the evaluator holds out to measure its accuracy: at least one."""
+    return max(1, int(round(n * fraction)))
+
+
+def split_with(n: int, fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out, training) indices of n images, drawn from `gen`."""
+    perm = torch.randperm(n, generator=gen)
+    n_val = holdout_size(n, fraction)
+    return perm[:n_val], perm[n_val:]
+
+
+def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, training) indices of a data set of n images: the split the evaluator's fit makes with `seed`."""
+    val, tr = split_with(n, fraction, torch.Generator().manual_seed(seed))
+    return val.numpy(), tr.numpy()
 
 
 def conform(images: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
@@ -160,6 +180,44 @@ def _folder(cfg: PrepareConfig, raw_dir: Path) -> ImageSet:
     return ImageSet(torch.stack(images).numpy(), labels, subdirs)
 
 
+STACK_MODES = 1000  # StackedMNIST: digits (R, G, B) -> mode 100·R + 10·G + B
+STACK_PLACES = np.array([100, 10, 1])
+STACK_STREAM = 1  # the stacks' RNG stream of the seed
+
+
+def mnist_digits(resolution: int) -> ImageSet:
+    """mnist-5k's 5,000 digits, one channel, at `resolution`."""
+    from ganflow.config import PrepareConfig
+
+    return _mnist_5k(PrepareConfig(resolution=resolution, channels=1), Path("."))
+
+
+def draw_stacks(labels: np.ndarray, pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices N×3 of digits of `pool`, drawn independently per channel: a class uniformly, then a digit
+    of that class (so every mode is equally likely whatever the pool's class counts)."""
+    classes, pick = rng.integers(0, 10, (n, 3)), rng.random((n, 3))
+    index = np.empty((n, 3), np.int64)
+    for c in range(10):
+        members, drawn = pool[labels[pool] == c], classes == c
+        index[drawn] = members[(pick[drawn] * len(members)).astype(np.int64)]
+    return index
+
+
+@SOURCES.register(STACKED_SOURCE)
+def _stacked_mnist(cfg: PrepareConfig, raw_dir: Path, holdout: float = 0.1, seed: int = 0) -> ImageSet:
+    """StackedMNIST: prepare.stacked_n RGB images, each channel an independently drawn mnist-5k digit
+    from the training split the evaluator makes of mnist-5k (`split` with evaluator.holdout and the
+    seed), so held-out digits stay unseen; label = the triple (1,000 modes)."""
+    digits = mnist_digits(cfg.resolution)
+    _, train = split(len(digits.images), holdout, seed)
+    rng = np.random.default_rng([seed, STACK_STREAM])
+    index = draw_stacks(digits.labels, train, cfg.stacked_n, rng)
+    images, modes = np.ascontiguousarray(digits.images[index][:, :, 0]), digits.labels[index] @ STACK_PLACES
+    info = {"digits": {"source": "mnist-5k", "holdout": holdout, "seed": seed, "train": len(train),
+                       "heldout": len(digits.images) - len(train)}}
+    return ImageSet(images, modes.astype(np.int64), [f"{m:03d}" for m in range(STACK_MODES)], info)
+
+
 def content_hash(ds: ImageSet) -> str:
     h = hashlib.sha256()
     h.update(repr(ds.images.shape).encode())
@@ -169,7 +227,11 @@ def content_hash(ds: ImageSet) -> str:
     return h.hexdigest()
 
 
-def load_source(cfg: PrepareConfig, raw_dir: str | Path) -> ImageSet:
+def load_source(cfg: PrepareConfig, raw_dir: str | Path, holdout: float = 0.1, seed: int = 0) -> ImageSet:
+    """The source's images. stacked-mnist also takes the evaluator's split (evaluator.holdout, seed):
+    its digits come from the evaluator's training split of mnist-5k only."""
+    if cfg.source == STACKED_SOURCE:
+        return _stacked_mnist(cfg, Path(raw_dir), holdout, seed)
     return SOURCES.get(cfg.source)(cfg, Path(raw_dir))
 
 
@@ -183,7 +245,7 @@ def save_prepared(ds: ImageSet, out_dir: str | Path, source: str) -> dict:
         "labelled": ds.labels is not None,
         "class_counts": np.bincount(ds.labels, minlength=len(ds.classes)).tolist() if ds.labels is not None else None,
         "sha256": content_hash(ds),
-    }
+    } | ds.info
     with atomic_dir(out_dir) as tmp:
         np.save(tmp / "images.npy", ds.images)
         if ds.labels is not None:

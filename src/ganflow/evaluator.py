@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganflow import GanflowError, checkpoint, progress
-from ganflow.data import ImageArray
+from ganflow.data import ImageArray, holdout_size, split, split_with  # noqa: F401 - split, holdout_size: re-exported
 from ganflow.pixels import to_float
 
 if TYPE_CHECKING:
@@ -46,29 +46,33 @@ class Classifier(nn.Module):
         return feats, self.head(feats)
 
 
+class StackedClassifier(nn.Module):
+    """A digit classifier applied to each channel of a stacked image (StackedMNIST): features = the
+    channels' digit features concatenated (C·feature_dim); logits over the n_classes^C digit tuples,
+    log p(tuple) = the sum of the channels' log-probabilities (tuple (a, b, c) = 100a + 10b + c), so
+    the argmax is the tuple of the channels' argmaxes."""
+
+    def __init__(self, digit: Classifier):
+        super().__init__()
+        self.digit = digit
+        self.arch = digit.arch
+
+    def forward(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, c, h, w = x_uint8.shape
+        feats, logits = self.digit(x_uint8.reshape(n * c, 1, h, w))
+        logp = logits.float().log_softmax(1).view(n, c, -1)
+        joint = logp[:, 0]
+        for i in range(1, c):  # outer sum: the last channel varies fastest
+            joint = (joint[:, :, None] + logp[:, i, None, :]).flatten(1)
+        return feats.reshape(n, -1), joint
+
+
 def _shift(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
     """Random translation by up to `pad` pixels: cheap augmentation that lifts held-out accuracy."""
     n, _, h, w = x.shape
     xp = F.pad(x, [pad] * 4)
     dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
     return xp[:, :, dy : dy + h, dx : dx + w]
-
-
-def holdout_size(n: int, fraction: float) -> int:
-    """Images held out to measure accuracy: at least one."""
-    return max(1, int(round(n * fraction)))
-
-
-def _split(n: int, fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    perm = torch.randperm(n, generator=gen)
-    n_val = holdout_size(n, fraction)
-    return perm[:n_val], perm[n_val:]
-
-
-def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(held-out, training) indices of a data set of n images: the split `fit` makes with `seed`."""
-    val, tr = _split(n, fraction, torch.Generator().manual_seed(seed))
-    return val.numpy(), tr.numpy()
 
 
 def train(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorConfig, gen: torch.Generator,
@@ -105,7 +109,7 @@ def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorCo
     if labels is None:
         raise GanflowError("the prepared data has no labels: the classifier feature space needs class sub-folders")
     gen = torch.Generator().manual_seed(seed)
-    val, tr = _split(len(images), cfg.holdout, gen)
+    val, tr = split_with(len(images), cfg.holdout, gen)
     model = train(images, labels, n_classes, cfg, gen, tr)
     return model, accuracy(model, images[val.numpy()], labels[val.numpy()])
 
@@ -128,9 +132,12 @@ def save(model: Classifier, path: str | Path, accuracy: float, data_sha256: str,
          cfg: EvaluatorConfig, seed: int) -> None:
     """The weights, plus what evaluation needs to know of the fit: the data it saw (content hash),
     the recipe and the seed of its held-out split."""
+    stacked = isinstance(model, StackedClassifier)  # saved as its digit classifier, flagged
     checkpoint.save(
-        {"format": FORMAT, "arch": model.arch, "resolution": resolution, "state_dict": model.state_dict(),
-         "accuracy": accuracy, "data_sha256": data_sha256, "recipe": cfg.model_dump(), "seed": seed},
+        {"format": FORMAT, "arch": model.arch, "resolution": resolution,
+         "state_dict": (model.digit if stacked else model).state_dict(),
+         "accuracy": accuracy, "data_sha256": data_sha256, "recipe": cfg.model_dump(), "seed": seed}
+        | ({"stacked": True} if stacked else {}),
         path,
     )
 
@@ -139,6 +146,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifi
     obj = checkpoint.load(path, FORMAT, map_location=device)
     model = Classifier(**obj["arch"])
     model.load_state_dict(obj["state_dict"])
+    if obj.get("stacked"):
+        model = StackedClassifier(model)
     return model.to(device).eval(), obj
 
 

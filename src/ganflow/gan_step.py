@@ -75,7 +75,7 @@ class GanStep:
         levers.place(self.G, self.D)
         self.opt_g = levers.adam(self.G.parameters(), cfg.lr_g, tuple(cfg.betas))
         self.opt_d = levers.adam(self.D.parameters(), cfg.lr_d, tuple(cfg.betas))
-        self.loss = losses.get(cfg.loss, cfg.lecam, self.device, cfg.r1)
+        self.loss = losses.get(cfg.loss, cfg.lecam, self.device, cfg.r1, cfg.r2, cfg.gamma_schedule, cfg.steps)
         # the views a step calls (DDP, compile); D as the losses see it: DiffAugment on every input
         self.G_step = levers.for_step(self.G)
         D_view = levers.for_step(self.D)
@@ -123,9 +123,10 @@ class GanStep:
         """Set what depends on the step about to run (0-based): the learning rates (constant, then
         falling linearly towards 0 over the last train.lr_decay of the steps), the EMA's decay (from its
         half-life in images, ramped up over the first images when train.ema_rampup is on) and the top-k
-        count (the whole batch times 0.99 per epoch, down to train.topk of it). Device tensors are filled
-        only when their value changes."""
+        count (the whole batch times 0.99 per epoch, down to train.topk of it), and the loss's weights
+        (R1/R2's γ under train.gamma_schedule). Device tensors are filled only when their value changes."""
         cfg, per_step = self.cfg, self.images_per_step
+        self.loss.schedule(i)
         if cfg.lr_decay:
             start = cfg.steps * (1 - cfg.lr_decay)
             scale = min(1.0, (cfg.steps - i) / (cfg.steps - start))
@@ -167,7 +168,7 @@ class GanStep:
         # Update G: make D score G(z) as real (the last fake is reused when D steps once); D's weights
         # are frozen, so backward makes gradients for G's weights only
         with frozen(self.D), self.levers.autocast():
-            loss_g = self.loss.g_loss(self.D_frozen, fake, y, self.keep)
+            loss_g = self.loss.g_loss(self.D_frozen, fake, y, self.keep, real=real)  # rpgan pairs fakes with reals
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -186,7 +187,7 @@ class GanStep:
 
     # -- the lazy phases -------------------------------------------------------------------------
     def d_reg(self, gain: int) -> None:
-        """Dreg (Karras et al. 2020): one extra D step on the loss's lazy terms alone (R1), each weighted
+        """Dreg (Karras et al. 2020): one extra D step on the loss's lazy terms alone (R1, R2), each weighted
         by the loss and times `gain`. Eager, also between the replays of a captured step: it updates
         the same weights and optimiser state."""
         real, y = self.real_batch()

@@ -41,8 +41,9 @@ KEEP_SET_ASIDE = 3  # set-aside checkpoints kept beside the live one (the oldest
 def fingerprint(params: Params, data_sha256: str, world_size: int = 1, code: str | None = None) -> dict[str, Any]:
     """Everything that defines the model and its optimisation; a checkpoint is resumed only if this
     matches. `code`: the hash of the training code (default: the closure of this module)."""
-    # a decaying learning rate makes every step depend on train.steps: then more steps start afresh
-    train = params.train.model_dump(exclude=NOT_FINGERPRINTED - ({"steps"} if params.train.lr_decay else set()))
+    # a decaying learning rate or penalty weight makes every step depend on train.steps: then more steps start afresh
+    by_steps = params.train.lr_decay or params.train.gamma_schedule != "constant"
+    train = params.train.model_dump(exclude=NOT_FINGERPRINTED - ({"steps"} if by_steps else set()))
     return {"seed": params.seed, "data_sha256": data_sha256, "code": code or deps.code_hash(__file__),
             "world_size": world_size, **{f"train.{k}": v for k, v in train.items()}}
 
