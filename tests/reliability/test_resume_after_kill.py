@@ -41,8 +41,8 @@ def clone(base, tmp_path):
 def killed_repro(root: Path, env: dict, kill: str | None = None, after_checkpoint: bool = False) -> int:
     """Run `dvc repro` in its own process group; kill it by injection (`kill`) or from outside once
     the first checkpoint exists. Return the exit status (negative: killed by that signal)."""
-    pythonpath = os.pathsep.join(filter(None, [str(INJECT), os.environ.get("PYTHONPATH")]))  # the code under test
-    env = {**env, "PYTHONPATH": pythonpath} | ({"GANFLOW_TEST_KILL": kill} if kill else {})
+    # the injection patches the project's own code (the one its stages run and its checkpoints fingerprint)
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(INJECT), str(root / "src")])} | ({"GANFLOW_TEST_KILL": kill} if kill else {})
     p = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if after_checkpoint:
