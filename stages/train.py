@@ -4,6 +4,7 @@ import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lo
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from ganflow import accel, data, deps, distributed, evaluator, metrics
@@ -32,9 +33,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument("grid", type=Path)
     a = ap.parse_args(argv)
     params = load_params(a.params)
-    distributed.relaunch_under_torchrun(distributed.world_size_for(params.train.devices), argv)
+    # train.devices > 1 or nodes.count > 1: this script runs again under torchrun's agent (not when torchrun started it)
+    distributed.launch(params.nodes, distributed.world_size_for(params.train.devices), sys.argv[0], argv)
     device = accel.select_device(params.train.device)
-    dist = distributed.init(device)  # one process unless train.devices > 1
+    dist = distributed.init(device, params.nodes.timeout)  # one process unless torchrun started several
+    distributed.check_same_params(dist, flatten(params), deps.code_hash(__file__))  # every host: the same params and code
+    distributed.check_shared(dist, a.checkpoint)  # every host sees the checkpoints rank 0 writes
     # every rank draws its own batches and noise; the nets start equal (DDP broadcasts rank 0's)
     accel.seed_everything(params.seed + 1_000_003 * dist.rank, device)
 
