@@ -24,7 +24,7 @@ BOUND_S = 150  # no launch here may take longer: a hang fails the test instead o
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, mnist):
     """One workspace (the "shared file system" of the two nodes): prepared data, an evaluator, tiny params."""
-    return stage_workspace(tmp_path_factory.mktemp("multinode"), mnist, {"train": {"eval_every": 10, "eval_samples": 64},
+    return stage_workspace(tmp_path_factory.mktemp("multinode"), mnist, {"train": {"steps": 30, "eval_every": 10, "eval_samples": 64},
                                                                           "tracking": {"enabled": False}})
 
 
@@ -126,7 +126,8 @@ def test_a_node_killed_mid_run_stops_the_other_and_the_relaunch_resumes_to_the_s
     port = closed_port()
     params = params_file(ws, "killed", nodes=2, port=port, timeout=60)
     out = ws / "killed"
-    # rank 0's node dies as it is about to write its second checkpoint (step 20): the one of step 10 stays
+    # rank 0's process dies as it is about to write its second checkpoint (step 20 of 30): the one of step 10
+    # stays; the other node's process finds it gone at its next synchronisation
     kill = {"GANFLOW_TEST_KILL": "ckpt.pt:2"}
     results = finish(start(ws, params, out, kill), start(ws, params, out, kill))
     assert all(rc != 0 for rc, _ in results), "both nodes must stop"

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -73,9 +74,11 @@ def launch(nodes: NodesConfig, per_host: int, script: str, argv: list[str]) -> N
     nodes.rendezvous within nodes.timeout seconds."""
     if under_torchrun() or (nodes.count == 1 and per_host <= 1):
         return
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import (RendezvousConnectionError, RendezvousError,
                                                           RendezvousTimeoutError)
+    from torch.distributed.launcher import api
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # ganflow says it in one line
@@ -86,6 +89,9 @@ def launch(nodes: NodesConfig, per_host: int, script: str, argv: list[str]) -> N
         rdzv_endpoint=endpoint, run_id="ganflow-train" if multi else uuid.uuid4().hex, max_restarts=0,
         rdzv_configs={"join_timeout": nodes.timeout, "read_timeout": nodes.timeout}, monitor_interval=0.1,
     )
+    # an agent whose processes finished waits for the other hosts' at an exit barrier (300 s in torchrun,
+    # and past a host that died after the last synchronisation): bounded by nodes.timeout here
+    api.LocalElasticAgent = functools.partial(LocalElasticAgent, exit_barrier_timeout=nodes.timeout)
     host = socket.gethostname()
     if multi:
         log.info("%s: joining the rendezvous at %s (%d hosts × %d processes, waiting at most %d s)",
