@@ -18,6 +18,8 @@ def test_the_warm_up_is_left_out_of_the_rate_and_counted_in_the_total():
     assert eta.left() is None and eta.text() == "ETA: measuring"
     eta.update(10, 5.0)  # warm-up over at step 10, after 5 s
     assert eta.left() is None  # nothing after it timed yet
+    eta.update(15, 5.5)
+    assert eta.left() is None  # fewer than `warmup` steps after it
     eta.update(110, 15.0)  # 100 steps in 10 s: 0.1 s a step
     assert eta.step_seconds() == pytest.approx(0.1)
     assert eta.left() == pytest.approx(890 * 0.1)  # 4 FID checks still due, not timed yet: 0 s each
@@ -37,6 +39,12 @@ def test_a_resumed_run_counts_from_where_it_resumed():
     eta.update(110, 3.0)
     eta.update(120, 4.0, eval_seconds=0.0)
     assert eta.left() == pytest.approx(80 * 0.1)  # 2 checks (150, 200), not timed
+    eta = Eta(steps=115, start=100, warmup=10)
+    eta.update(110, 3.0)
+    eta.update(114, 3.4)
+    assert eta.left() is None
+    eta.update(115, 3.5)
+    assert eta.left() == 0.0  # the last step: done
     assert checks_left(120, 200, 50) == 2
 
 

@@ -32,8 +32,9 @@ def duration(seconds: float) -> str:
 @dataclass
 class Eta:
     """Feed it (step, seconds since the run started, seconds spent in FID checks so far, checks done) as the
-    run goes, at each log interval (where the loop syncs with the device, so the clock tells the truth);
-    `left()` is the estimate of the seconds still to go: None until steps after the warm-up were timed."""
+    run goes: every step (cheap), or at each log interval; `left()` is the estimate of the seconds still to go,
+    None until `warmup` steps after the warm-up were timed (step 2 × warmup of a fresh run). On a GPU the
+    clock runs ahead of the device for the first steps only: the warm-up absorbs that."""
 
     steps: int  # train.steps
     start: int = 0  # the step the run starts (or resumes) at
@@ -66,8 +67,8 @@ class Eta:
     def left(self) -> float | None:
         """Seconds still to go (FID checks not yet timed count as 0: `text` says so)."""
         step = self._now[0]
-        if not (self._warm and step > self._warm[0]):
-            return None  # the rate is measured over steps after the warm-up only
+        if not (self._warm and step - self._warm[0] >= min(self.warmup, self.steps - self._warm[0]) and step > self._warm[0]):
+            return None  # the rate is measured over `warmup` steps after the warm-up, at least
         rate = self.step_seconds()
         return (self.steps - step) * rate + checks_left(step, self.steps, self.eval_every) * (self.check_seconds() or 0.0)
 
