@@ -113,7 +113,7 @@ def test_a_second_clone_gets_its_own_runs_and_survives_the_server_going_away_mid
     root = tmp_path / "clone-b"
     env = copy_project(first, root, env)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["seed"] = 1  # another experiment: train, sample and evaluate run again
+    params["train"]["lr_g"] = 0.0008  # another experiment: train, sample and evaluate run again (not the evaluator)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # the server is killed after training step 8 of 20; training goes on and spools what it cannot send
     killing = {**env, "PYTHONPATH": os.pathsep.join((str(INJECT_DIR), str(root / "src"))),
@@ -133,4 +133,4 @@ def test_a_second_clone_gets_its_own_runs_and_survives_the_server_going_away_mid
     # each clone has its own runs in the one experiment; the first clone's run is untouched
     runs = {r.info.run_id: r for r in c.search_runs([c.get_run(second).info.experiment_id])}
     assert {run_id(first), second} <= runs.keys()
-    assert runs[run_id(first)].data.params["seed"] == "0" and runs[second].data.params["seed"] == "1"
+    assert runs[run_id(first)].data.params["train.lr_g"] != runs[second].data.params["train.lr_g"] == "0.0008"
