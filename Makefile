@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # pip's mirror set-up prints one warning per package it does not hold: keep the log readable
 QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup repro test test-fast bench plots clean-venv
+.PHONY: setup repro test test-fast bench plots server clean-venv
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ PLOTS_TEMPLATE := .dvc/tmp/offline-plots.html
 plots: setup
 	@$(BIN)/python tools/offline_plots_template.py $(PLOTS_TEMPLATE)
 	$(BIN)/dvc plots $(if $(REVS),diff $(REVS),show) --html-template $(PLOTS_TEMPLATE)
+
+# a team's tracking server: MLflow over PostgreSQL with proxied artifacts (tools/team_server.py, docs/scale.md);
+# DIR (data, default .ganflow/server), HOST (0.0.0.0: the team's network), PORT, DB (an existing postgresql+psycopg:// database)
+server: setup
+	$(BIN)/python tools/team_server.py --dir $(or $(DIR),.ganflow/server) --host $(or $(HOST),127.0.0.1) --port $(or $(PORT),5000) $(if $(DB),--db-uri $(DB))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,9 +4,10 @@ import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lo
 
 import argparse
 import logging
+import sys
 
 from ganflow import accel, data, deps, distributed, metrics
-from ganflow.config import load_params
+from ganflow.config import flatten, load_params
 from ganflow.outputs import TrainOutputs, TrainPaths
 from ganflow.stage import stage
 from ganflow.tracking import Tracker, policy
@@ -24,9 +25,12 @@ def main(argv: list[str]) -> None:
     TrainPaths.add_arguments(ap)  # the outputs: generator ... grid (run_handle: the MLflow run id, for later stages)
     a = ap.parse_args(argv)
     params = load_params(a.params)
-    distributed.relaunch_under_torchrun(distributed.world_size_for(params.train.devices), argv)
+    # train.devices > 1 or nodes.count > 1: this script runs again under torchrun's agent (not when torchrun started it)
+    distributed.launch(params.nodes, distributed.world_size_for(params.train.devices), sys.argv[0], argv)
     device = accel.select_device(params.train.device)
-    dist = distributed.init(device)  # one process unless train.devices > 1
+    dist = distributed.init(device, params.nodes.timeout)  # one process unless torchrun started several
+    distributed.check_same_params(dist, flatten(params), deps.code_hash(__file__))  # every host: the same params and code
+    distributed.check_shared(dist, a.checkpoint)  # every host sees the checkpoints rank 0 writes
     # every rank draws its own batches and noise; the nets start equal (DDP broadcasts rank 0's)
     accel.seed_everything(params.seed + 1_000_003 * dist.rank, device)
 

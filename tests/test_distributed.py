@@ -5,7 +5,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import run_stage, stage_workspace
+from conftest import ROOT, run_stage, stage_workspace
 from ganflow.outputs import TRAIN_FILE_NAMES
 
 pytestmark = [pytest.mark.stage, pytest.mark.slow]
@@ -22,7 +22,7 @@ def test_two_processes_rank0_writes_and_results_repeat(tmp_path, mnist):
         out.mkdir()
         r = run_stage("train", "--params", str(tmp_path / "params.yaml"), str(tmp_path / "prepared"),
                       str(tmp_path / "evaluator.pt"), *[str(out / n) for n in TRAIN_FILE_NAMES],
-                      env={"PYTHONPATH": str(INJECT), "GANFLOW_TEST_WRITE_LOG": str(out / "writes.log"),
+                      env={"PYTHONPATH": f"{INJECT}:{ROOT / 'src'}", "GANFLOW_TEST_WRITE_LOG": str(out / "writes.log"),
                            "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, "\n".join(ln for ln in r.stderr.splitlines() if "[rank0]" in ln or ln.startswith("error"))[-3000:]
         writers = {line.split()[0] for line in (out / "writes.log").read_text().splitlines()}

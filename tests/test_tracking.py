@@ -1,4 +1,5 @@
 import logging
+import os
 import sqlite3
 
 import mlflow
@@ -80,7 +81,7 @@ def test_mlflow_schema_has_the_columns_a_moved_project_rewrites(tmp_path):
     """store.follow_moved_project edits MLflow's sqlite schema directly (MLflow has no API to change an
     experiment's artifact location): this fails loudly when an MLflow upgrade renames what it edits."""
     tracking.Tracker(TrackingConfig())  # creates and migrates the store at MLFLOW_TRACKING_URI
-    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+    with sqlite3.connect(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")) as con:
         for table, columns in store.MOVED_PROJECT_COLUMNS.items():
             have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
             assert set(columns) <= have, f"MLflow's {table} table lost {set(columns) - have}: fix store.follow_moved_project"
@@ -104,7 +105,7 @@ def test_a_locked_store_costs_no_mlflow_traceback(tmp_path, caplog):
     a stage; the exception reaches ganflow, which says it once. None of MLflow's ERROR records is emitted."""
     t = tracking.Tracker(TrackingConfig())
     t.start()
-    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, timeout=0)
+    holder = sqlite3.connect(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"), isolation_level=None, timeout=0)
     holder.execute("BEGIN EXCLUSIVE")
     caplog.set_level("INFO")
     try:

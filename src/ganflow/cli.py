@@ -7,6 +7,7 @@
   ganflow deps stages/train.py ...            each stage's library files, as dvc.yaml lists them
   ganflow evaluate --samples DIR              score any folder of PNGs with the evaluate stage's protocol
   ganflow compare A.json B.json               two eval.json side by side; refused when their protocols differ
+  ganflow launch [--params params.yaml]       this host joins a multi-node train stage (nodes.*; docs/scale.md)
   ganflow --version
 """
 
@@ -56,9 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("a")
     cmp.add_argument("b")
     cmp.add_argument("--force", action="store_true", help="print the comparison even when the protocols differ")
+    launch = sub.add_parser("launch", help="run the train stage on this host as one of nodes.count hosts (docs/scale.md)")
+    launch.add_argument("--params", default="params.yaml", help="the same file on every host (nodes.rendezvous names node 0)")
     a = ap.parse_args(argv)
     commands: dict[str, Callable] = {"check": check_params, "runs": list_runs, "sample": sample_grid, "deps": print_deps, "ui": serve_ui,
-                                     "evaluate": evaluate_folder, "compare": compare}
+                                     "evaluate": evaluate_folder, "compare": compare, "launch": launch_train}
     try:
         commands[a.cmd](a)
     except GanflowError as err:
@@ -193,6 +196,30 @@ def serve_ui(a) -> None:
         return
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                "--host", "127.0.0.1", "--port", str(a.port)])
+
+
+def launch_train(a) -> None:
+    """dvc.yaml's train command, run here: with nodes.count > 1 it meets the other hosts at nodes.rendezvous
+    (node 0 runs `dvc repro`, or `ganflow launch` too and `dvc commit train` after); exits with its status."""
+    import shlex
+    import subprocess
+
+    import yaml
+
+    from ganflow.config import load_params
+
+    params = load_params(a.params)
+    try:
+        cmd = shlex.split(yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["train"]["cmd"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
+        raise GanflowError(f"dvc.yaml: no train stage command here ({type(err).__name__}): run it in the project root") from None
+    if cmd[0] == "python":
+        cmd[0] = sys.executable
+    if a.params != "params.yaml":
+        cmd[2:2] = ["--params", a.params]
+    print(f"launching the train stage on this host: {params.nodes.count} host(s) × {params.train.devices} process(es)"
+          + (f", rendezvous {params.nodes.rendezvous}" if params.nodes.count > 1 else ""), file=sys.stderr, flush=True)
+    sys.exit(subprocess.call(cmd))
 
 
 def print_deps(a) -> None:

@@ -289,6 +289,35 @@ class TrackingConfig(_Section):
     fallback_to_local: bool = Field(False, description="true: an unreachable tracking.uri falls back to the local sqlite store")
 
 
+class NodesConfig(_Section):
+    """training on several hosts: torchrun's c10d rendezvous (docs/scale.md); one host needs nothing here"""
+
+    count: Annotated[int, Field(ge=1, le=4096)] = Field(
+        1, description="hosts training together, each running train.devices processes (> 1: every host runs the train stage or `ganflow launch`)"
+    )
+    rendezvous: str | None = Field(
+        None, description="HOST:PORT of the c10d rendezvous, an address of node 0 that every host reaches (needed when count > 1)"
+    )
+    timeout: Annotated[int, Field(ge=1, le=86_400)] = Field(
+        600, description="seconds a process waits for the others: to join, and at each synchronisation (a dead or hung host stops the rest within it)"
+    )
+
+    @field_validator("rendezvous")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is not None:
+            host, sep, port = v.rpartition(":")
+            if not (host and sep and port.isdigit() and 0 < int(port) < 65_536):
+                raise ValueError("must be HOST:PORT (a port 1..65535)")
+        return v
+
+    @model_validator(mode="after")
+    def _rendezvous_needed(self):
+        if self.count > 1 and not self.rendezvous:
+            raise ValueError("nodes.rendezvous must name HOST:PORT (an address of node 0) when nodes.count > 1")
+        return self
+
+
 class Params(_Section):
     """ganflow parameters: one section per stage"""
 
@@ -299,6 +328,7 @@ class Params(_Section):
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    nodes: NodesConfig = NodesConfig()
 
     @model_validator(mode="after")
     def _generator_fits(self):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ganflow import accel, deps, evaluator, progress
+from ganflow.eta import Eta, duration
 from ganflow.data import ImageSet
 from ganflow.distributed import SINGLE, Dist, all_mean
 from ganflow.gan_step import LOG_COLUMNS, DivergenceError, GanStep
@@ -46,6 +47,7 @@ class Hooks:
 
     on_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     on_grid: Callable[[np.ndarray, int], None] = lambda grid_hwc, step: None
+    on_eta: Callable[[str], None] = lambda text: None  # once, when the first estimate is measured
 
 
 Pending = Callable[[Hooks], None]  # a report a job defers until after that step's checkpoint
@@ -119,7 +121,8 @@ class Trainer:
         self.metric = selection.name if selection else None
         max_seconds = None if self.dist.active else max_seconds  # a wall-clock stop could differ between ranks
         stepper = self.gs.stepper()  # after any resume: a captured graph points at the loaded state
-        meter, clock = LossMeter(self.device), Clock(st.step, st.eval_seconds)
+        eta = Eta(self.cfg.steps, st.step, self.cfg.eval_every if selection else 0)
+        meter, clock = LossMeter(self.device), Clock(st.step, st.eval_seconds, len(st.score_rows), eta)
         if main and st.step == 0:  # the untrained G's grid: a reviewer's step slider starts at step 0
             self.snapshot_grid(outputs)(hooks)
         with progress.bar(self.cfg.steps, "train", "step", initial=st.step, disable=not main) as bar:
@@ -169,13 +172,21 @@ class Trainer:
             bad = [k for k, v in zip(LOG_COLUMNS[1:], row) if not math.isfinite(v)]
             raise DivergenceError(f"training diverged between steps {first} and {st.step}: {', '.join(bad)} not finite")
         st.log_rows.append([st.step, *row])
-        speed = clock.rate(st.step, self.gs.d_images_per_step)
+        speed, first_eta = clock.rate(st.step, self.gs.d_images_per_step), clock.tick(st)
         if self.dist.main:
             outputs.log(st.log_rows, LOG_COLUMNS)
+            left = clock.eta.left()
             progress.report(bar, log, "train", st.step, self.cfg.steps, loss_D=f"{row[0]:.3f}", loss_G=f"{row[1]:.3f}",
-                            img_s=f"{speed:.0f}")
+                            img_s=f"{speed:.0f}", eta=duration(left) if left is not None else "measuring")
+            if first_eta:
+                log.info(clock.eta.text())
         metrics = {**dict(zip(LOG_COLUMNS[1:], row)), "img_per_s": speed}
-        return lambda hooks, step=st.step: hooks.on_metrics(metrics, step)
+
+        def report(hooks: Hooks, step=st.step, eta=clock.eta.text() if first_eta else None) -> None:
+            hooks.on_metrics(metrics, step)
+            if eta:
+                hooks.on_eta(eta)
+        return report
 
     @torch.no_grad()
     def grid(self) -> torch.Tensor:
@@ -228,10 +239,17 @@ class LossMeter:
 
 
 class Clock:
-    """Wall time and throughput of one run() call (a resumed run counts from where it resumed)."""
+    """Wall time, throughput and the ETA of one run() call (a resumed run counts from where it resumed)."""
 
-    def __init__(self, step0: int, eval_seconds0: float):
-        self.t0, self.step0, self.eval0 = time.perf_counter(), step0, eval_seconds0
+    def __init__(self, step0: int, eval_seconds0: float, checks0: int = 0, eta: Eta | None = None):
+        self.t0, self.step0, self.eval0, self.checks0 = time.perf_counter(), step0, eval_seconds0, checks0
+        self.eta = eta or Eta(step0)
+
+    def tick(self, st: Progress) -> bool:
+        """Feed the ETA the clock at st.step; True the first time it has an estimate."""
+        had = self.eta.left() is not None
+        self.eta.update(st.step, self.seconds(), st.eval_seconds - self.eval0, len(st.score_rows) - self.checks0)
+        return not had and self.eta.left() is not None
 
     def seconds(self) -> float:
         return time.perf_counter() - self.t0

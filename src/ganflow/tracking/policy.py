@@ -33,12 +33,16 @@ class LoopHooks:
 
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
+        self.note = ""  # the run's description, which the first estimate is added to
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.tracker.log_metrics(metrics, step)
 
     def on_grid(self, grid_hwc: np.ndarray, step: int) -> None:
         self.tracker.log_image(grid_hwc, "train_grid", step)
+
+    def on_eta(self, text: str) -> None:
+        self.tracker.set_tags({TAG_NOTE: f"{self.note}\n\n**Estimate at the start:** {text}".strip()})
 
 
 def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[str, float]],
@@ -74,6 +78,7 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     name, tags = provenance(flat, params_file, {TAG_DATA: data_sha256, TAG_EVALUATOR: metrics.file_sha256(evaluator),
                                                 TAG_PROJECT: str(project_root())})
     tracker.start(name=name, tags=tags)
+    hooks.note = tags.get(TAG_NOTE, "")
     attempt = _claim_attempt(tracker)
     tracker.log_params(flat)
     tracker.log_artifact(params_file)

@@ -90,15 +90,15 @@ kill_at = os.environ.get("GANFLOW_TEST_SIGKILL_GROUP_AT")
 if kill_at:
     import signal
 
-    import ganflow.training as training
+    import ganflow.gan_step as gan_step
 
     pgid, at_step = (int(v) for v in kill_at.split(":"))
-    step_before_kill = training.Trainer.train_step
+    advance_before_kill = gan_step.GanStep.advance
 
-    def train_step_then_kill(self):
-        out = step_before_kill(self)
-        if self.state.step + 1 == at_step:
+    def advance_then_kill(self, i, stepper=None):
+        out = advance_before_kill(self, i, stepper)
+        if i + 1 == at_step:
             os.killpg(pgid, signal.SIGKILL)
         return out
 
-    training.Trainer.train_step = train_step_then_kill
+    gan_step.GanStep.advance = advance_then_kill
