@@ -1,5 +1,6 @@
 """Stage evaluate: every score of the samples against the prepared data (see README, Evaluation
-protocol), in the classifier's feature space and, when weights can be had, in Inception-v3's."""
+protocol), in the feature spaces models/evaluator.pt holds (the classifier and/or the label-free
+encoder) and, when weights can be had, in Inception-v3's."""
 
 import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lock hashes
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from ganflow import data, metrics
 from ganflow.accel import select_device
 from ganflow.config import flatten, load_params
-from ganflow.evaluation import evaluate
+from ganflow.evaluation import evaluate, primary_fid_key
 from ganflow.io import save_grid, write_json
 from ganflow.sampling import PngFolder
 from ganflow.stage import stage
@@ -69,7 +70,8 @@ def log_scores(tracker: Tracker, train_run: str | None, params, results: dict, a
     The run is left open for the caller to add to and end."""
     mine = {k: v for k, v in flatten(params).items() if k.split(".")[0] in ("sample", "evaluate")}
     data = tracker.run_data(train_run) if train_run else None
-    if data and metrics.key("fid", "classifier") in data[1] and any(data[0].get(k) != str(v) for k, v in mine.items()):
+    fid_key = primary_fid_key(results)
+    if data and fid_key in data[1] and any(data[0].get(k) != str(v) for k, v in mine.items()):
         changed = {k: (data[0].get(k), v) for k, v in mine.items() if data[0].get(k) != str(v)}
         name = f"{data[2].get('mlflow.runName', train_run)} · " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, (_, v) in changed.items())
         tags = {TAG_PARENT: train_run, TAG_NOTE: f"Evaluation of the model trained in run {train_run} with "
@@ -82,7 +84,7 @@ def log_scores(tracker: Tracker, train_run: str | None, params, results: dict, a
     for path in artifacts:
         if path and Path(path).is_file():
             tracker.log_artifact(path)
-    status = tracker.promote(train_run, results, metrics.key("fid", "classifier"), metrics.KEY_N_SAMPLES)
+    status = tracker.promote(train_run, results, fid_key, metrics.KEY_N_SAMPLES)
     if status:
         log.info("registered generator of run %s: %s", train_run, status)
 

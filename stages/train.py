@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
     if dist.main:
         log.info(decision)
     outputs = TrainOutputs(TrainPaths(a.generator, a.checkpoint, a.log_tsv, a.grid, a.generator_best, a.fid_tsv))
-    selection = Selection(metrics.key("fid", "classifier"), metrics.TrainingFID(
+    selection = Selection(metrics.key("fid", metrics.primary_space(a.evaluator)), metrics.TrainingFID(
         ds.images, a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
     ))
     previous = (trainer.resumed or {}).get("run_id")
