@@ -37,7 +37,8 @@ def main(argv: list[str]) -> None:
         out |= {"evaluator_accuracy": acc}
         print(f"evaluator held-out accuracy {acc:.4f}")
     if "simclr" in spaces:
-        held_out, seen = evaluator.split(len(ds.images), cfg.holdout, params.seed)
+        accel.seed_everything(params.seed, torch.device("cpu"))  # the same encoder whether a classifier was fitted first
+        _, seen = evaluator.split(len(ds.images), cfg.holdout, params.seed)
         enc, loss = simclr.train(ds.images, cfg, torch.Generator().manual_seed(params.seed), torch.from_numpy(seen))
         encoder = simclr.state(enc, loss)
         out |= {"simclr_loss": loss}
