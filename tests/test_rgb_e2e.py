@@ -72,10 +72,12 @@ def test_rgb_folder_runs_every_stage_unlabelled(tmp_path, resolution):
     assert ev["protocol_detail"]["labelled"] is False and f"resized to {resolution}" in ev["protocol_detail"]["prepare"]
     assert "fid_simclr" in (root / "metrics/fid_curve.tsv").read_text().splitlines()[0]
     for png in ("real_grid", "train_grid", "sample_grid", "nearest_pairs"):
-        g = np.asarray(Image.open(root / f"metrics/{png}.png"))
-        assert g.ndim == 3 and g.shape[2] == 3 and np.abs(g[..., 0].astype(int) - g[..., 2]).max() > 50, png
-    grid = rgb_grid_logged(root)
-    assert grid.ndim == 3 and grid.shape[2] >= 3
+        g = np.asarray(Image.open(root / f"metrics/{png}.png")).astype(int)
+        assert g.ndim == 3 and g.shape[2] == 3 and (g[..., 0] != g[..., 2]).any(), png  # colour, not gray
+    real = np.asarray(Image.open(root / "metrics/real_grid.png")).astype(int)
+    assert (real[..., 0] - real[..., 1] > 100).any() and (real[..., 2] - real[..., 0] > 100).any()  # red squares, blue discs
+    grid = rgb_grid_logged(root).astype(int)
+    assert grid.ndim == 3 and grid.shape[2] >= 3 and (grid[..., 0] != grid[..., 2]).any()
     run = mlflow_runs(root)[0]
     assert run.data.tags["protocol.feature_spaces"] == "simclr" and run.data.tags["protocol.labelled"] == "False"
     assert "fid_simclr" in run.data.metrics
