@@ -154,6 +154,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=125)
     ap.add_argument("--seed-steps", type=int, default=300)
     ap.add_argument("--n", type=int, default=1000, help="samples per snapshot")
+    ap.add_argument("--width", type=int, default=32, help="train.width of the snapshot runs")
+    ap.add_argument("--encoder", type=Path, help="an evaluator file fitted by a previous run's stage: skip the timing")
     a = ap.parse_args()
     from ganflow.config import PrepareConfig
     from ganflow.data import content_hash, load_source
@@ -165,9 +167,12 @@ def main() -> None:
     res: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        res["timing"] = time_stage(tmp, ds)
+        if a.encoder:
+            res["timing"] = f"not measured: encoder from {a.encoder}"
+        else:
+            res["timing"] = time_stage(tmp, ds)
         print(res["timing"], flush=True)
-        paths = {"simclr": tmp / "simclr.pt", "classifier": tmp / "classifier.pt"}
+        paths = {"simclr": a.encoder or tmp / "simclr.pt", "classifier": tmp / "classifier.pt"}
         torch.manual_seed(params.seed)
         model, acc = evaluator.fit(ds.images, ds.labels, 10, cfg, params.seed)  # the reference space (labels used)
         evaluator.save(model, paths["classifier"], acc, content_hash(ds), 28, cfg, params.seed)
@@ -177,7 +182,8 @@ def main() -> None:
                           "degradations": degradations(ds, train, heldout, space, path, 2000)}
             print(space, res[space], flush=True)
         hidden = ImageSet(ds.images[train], None, [])
-        snaps = snapshots(hidden, a.steps, a.every, a.n, a.seed_steps)
+        snaps = snapshots(hidden, a.steps, a.every, a.n, a.seed_steps, a.width)
+        res["snapshot_runs"] = {"dcgan_steps": a.steps, "every": a.every, "seed_steps": a.seed_steps, "n": a.n, "width": a.width}
         res["ranking"] = rank_agreement(snaps, ds, train, paths)
         print(res["ranking"], flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
