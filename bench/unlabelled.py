@@ -193,5 +193,6 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2, default=str) + "\n")
 
+
 if __name__ == "__main__":
     main()
