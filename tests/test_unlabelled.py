@@ -153,7 +153,7 @@ def test_extractor_is_registered_with_torch_fidelity(hidden):
 def test_real_vs_real_sits_at_the_floor(hidden):
     ds, train, heldout, path = hidden
     f = bench.floor(ds, train, heldout, "simclr", path, reps=50)
-    assert f["low"] <= 0 < f["fd"] < f["high"]  # the interval reaches 0: indistinguishable from no difference
+    assert f["low"] <= 0 < f["fd"]  # the basic bootstrap interval reaches 0: indistinguishable from no difference
 
 
 def test_fd_rises_monotonically_with_each_degradation(hidden):
