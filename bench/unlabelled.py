@@ -38,7 +38,7 @@ from ganflow.config import EvaluateConfig, EvaluatorConfig, parse_params  # noqa
 from ganflow.data import ImageSet  # noqa: E402
 
 BLUR = (0.5, 1.0, 1.5)  # Gaussian sigma, pixels
-NOISE = (8.0, 16.0, 32.0)  # std of additive Gaussian pixel noise, in 0–255 units
+NOISE = (16.0, 32.0, 64.0)  # std of additive Gaussian pixel noise, in 0–255 units (std 8 is below the floor: see the doc)
 REMOVED = (0.0, 0.5, 1.0)  # share of class 0 removed
 ECFG = EvaluateConfig(inception="off", batch_size=250)
 CPU = torch.device("cpu")
