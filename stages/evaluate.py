@@ -1,5 +1,6 @@
 """Stage evaluate: every score of the samples against the prepared data (see README, Evaluation
-protocol), in the classifier's feature space and, when weights can be had, in Inception-v3's."""
+protocol), in the feature spaces models/evaluator.pt holds (the classifier and/or the label-free
+encoder) and, when weights can be had, in Inception-v3's."""
 
 import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lock hashes
 

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
     trainer = Trainer(params, train_set, train_sha, dist, code=deps.code_hash(__file__), device=device)
     trainer.try_resume(a.checkpoint)  # logs what it decided
     outputs = TrainOutputs(TrainPaths.from_args(a))
-    selection = Selection(metrics.key("fid", "classifier"), metrics.TrainingFID(
+    selection = Selection(metrics.key("fid", metrics.primary_space(a.evaluator)), metrics.TrainingFID(
         ds.images, a.evaluator, params.train.eval_samples, params.seed, params.evaluate, trainer.device
     ))
     # the MLflow run: a new one per attempt, or none when nothing is left to train (see policy.train_run)

@@ -125,13 +125,21 @@ class PrepareConfig(_Section):
 
 
 class EvaluatorConfig(_Section):
-    """the classifier whose feature space scores the samples"""
+    """the feature spaces that score the samples: a classifier (labelled data) and/or a label-free SimCLR encoder"""
 
     epochs: PosInt = Field(6, description="passes over the training split")
     batch_size: BatchSize = Field(128, description="images per optimisation step")
     lr: PosFloat = Field(0.002, description="Adam learning rate (peak of a one-cycle schedule)")
     holdout: Annotated[float, Field(gt=0, lt=1)] = Field(0.1, description="fraction held out to measure its accuracy (metrics/evaluator.json)")
     width: Annotated[int, Field(gt=0, le=1024)] = Field(32, description="channels of its first conv layer")
+    space: Literal["auto", "classifier", "simclr", "both"] = Field(
+        "auto", description="feature spaces fitted: auto (classifier when the data has labels, else simclr) | classifier | simclr (label-free) | both"
+    )
+    simclr_epochs: PosInt = Field(8, description="simclr: passes of contrastive training over the training split")
+    simclr_batch_size: Annotated[int, Field(ge=2, le=65_536)] = Field(256, description="simclr: images per step (2 views each)")
+    simclr_lr: PosFloat = Field(0.003, description="simclr: Adam learning rate (peak of a one-cycle schedule)")
+    simclr_temperature: PosFloat = Field(0.5, description="simclr: NT-Xent temperature")
+    simclr_width: Annotated[int, Field(gt=0, le=1024)] = Field(16, description="simclr: channels of the encoder's first conv layer (features: 4x)")
 
 
 def graph_blocker(device: str, data_parallel: bool, compiled: bool) -> str | None:

@@ -31,6 +31,7 @@ class ImageSet:
     labels: np.ndarray | None  # int64 N, or None for unlabelled data
     classes: list[str]  # class names, index = label
     info: dict = field(default_factory=dict)  # source-specific facts for meta.json (stacked-mnist: its digits)
+    preprocess: str = ""  # what the source did to sizes and modes (meta.json; the evaluation protocol states it)
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -39,7 +40,7 @@ class ImageSet:
             raise ValueError(f"labels of shape {self.labels.shape} for {len(self.images)} images")
 
     def subset(self, index: np.ndarray) -> ImageSet:
-        return ImageSet(self.images[index], None if self.labels is None else self.labels[index], self.classes)
+        return ImageSet(self.images[index], None if self.labels is None else self.labels[index], self.classes, self.info, self.preprocess)
 
 
 class ImageArray(Dataset):
@@ -130,54 +131,98 @@ _torchvision_source("fashion-mnist", "FashionMNIST", "FashionMNIST/raw", "train-
 _torchvision_source("cifar10", "CIFAR10", "", "cifar-10-python.tar.gz")
 
 
-@SOURCES.register("folder")
-def _folder(cfg: PrepareConfig, raw_dir: Path) -> ImageSet:
-    """Every file under prepare.folder must be an image, in one sub-folder per class (the labels the
-    classifier feature space needs), at least MIN_PER_CLASS per class."""
+FOLDER_RULE = ("prepare.folder holds either only images (unlabelled data) or only sub-folders, one per class, "
+               "each holding only images (labelled data); nothing deeper")
+MIN_SIDE = 8  # an image's shorter side must be at least this, and at least prepare.resolution / MAX_UPSCALE
+MAX_UPSCALE = 4
+
+
+def _folder_layout(root: Path) -> tuple[list[Path], list[str] | None]:
+    """The image files under `root` and the class names (None: unlabelled), by FOLDER_RULE."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts))
+    if not files:
+        raise GanflowError(f"prepare.folder {root}: no image files in it")
+    deep = [p for p in files if len(p.relative_to(root).parts) > 2]
+    if deep:
+        raise GanflowError(f"prepare.folder {root}: {deep[0].relative_to(root)} is {len(deep[0].relative_to(root).parts) - 1} "
+                           f"folders deep ({len(deep)} file(s) so); the rule: {FOLDER_RULE}")
+    subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    loose = [p for p in files if p.parent == root]
+    if subdirs and loose:
+        raise GanflowError(
+            f"prepare.folder {root}: mixes class sub-folders with {len(loose)} loose file(s) such as {loose[0].name}; "
+            f"the rule: {FOLDER_RULE}"
+        )
+    return files, (subdirs or None)
+
+
+def _read_image(path: Path, mode: str) -> torch.Tensor:
+    """uint8 C×H×W in `mode` (L or RGB). Conversions (stated in meta.json's preprocess): palette
+    images are expanded, alpha is dropped (PIL's convert); 16-bit and 32-bit integer images are scaled to 8 bits (top byte), not clipped; grayscale becomes
+    RGB by repeating the channel, RGB becomes grayscale by ITU-R 601 luma (PIL's L)."""
     import warnings
 
+    from PIL import Image
+
+    # an image of more than PIL's pixel limit (a decompression bomb) is refused, never decoded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                a = np.asarray(im).astype(np.int64)
+                a = np.clip(a, 0, 65535) >> 8 if im.mode != "I" or a.max() > 255 else a
+                im = Image.fromarray(a.astype(np.uint8), "L")
+            elif im.mode == "F":
+                im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L")
+            im = im.convert(mode)
+            t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+    return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
+
+
+def folder_preprocess(cfg: PrepareConfig) -> str:
+    """What the folder source does to sizes and modes (meta.json, then the evaluation protocol)."""
+    to = ("RGB: grayscale repeated to 3 channels, palette expanded, alpha dropped (PIL convert)" if cfg.channels == 3
+          else "grayscale: colour by ITU-R 601 luma, alpha dropped (PIL convert)")
+    return (f"{to}; 16-bit scaled to 8 bits; shorter side resized to {cfg.resolution} (antialiased), centre-cropped "
+            f"to {cfg.resolution}x{cfg.resolution}; images under {max(MIN_SIDE, cfg.resolution // MAX_UPSCALE)} px refused")
+
+
+@SOURCES.register("folder")
+def _folder(cfg: PrepareConfig, raw_dir: Path) -> ImageSet:
+    """The images under prepare.folder by FOLDER_RULE: flat -> unlabelled; one sub-folder per class ->
+    labelled, at least MIN_PER_CLASS per class. Every file must be an image of a usable size."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(cfg.folder)
     if not root.is_dir():
         raise GanflowError(f"prepare.folder {root}: no such folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise GanflowError(f"prepare.folder {root}: no image files in it")
-    subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
-    loose = [p for p in files if p.parent == root]
-    if subdirs and loose:
-        raise GanflowError(
-            f"prepare.folder {root}: mixes class sub-folders with {len(loose)} loose file(s) such as {loose[0].name}"
-        )
-    if not subdirs:
-        raise GanflowError(
-            f"prepare.folder {root}: no class sub-folders; put the images in one sub-folder per class "
-            "(the classifier feature space that scores samples needs labels)"
-        )
+    files, subdirs = _folder_layout(root)
     mode = "L" if cfg.channels == 1 else "RGB"
-    images, bad = [], []
+    min_side = max(MIN_SIDE, cfg.resolution // MAX_UPSCALE)
+    images, bad, small = [], [], []
     for p in files:
         try:
-            # an image of more than PIL's pixel limit (a decompression bomb) is refused, never decoded
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(p) as im:
-                    im = im.convert(mode)  # mixed modes (P, RGBA, LA, I;16 ...) are converted, not refused
-                    t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+            t = _read_image(p, mode)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             bad.append(f"{p.relative_to(root)} ({type(err).__name__})")
             continue
-        t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
+        if min(t.shape[-2:]) < min_side:
+            small.append(f"{p.relative_to(root)} ({t.shape[-1]}x{t.shape[-2]})")
+            continue
         images.append(conform(t.unsqueeze(0), cfg.resolution, cfg.channels)[0])
-    if bad:
-        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise GanflowError(f"prepare.folder {root}: {len(bad)} unreadable file(s): {shown}")
+    for what, items in (("unreadable file(s)", bad), (f"image(s) smaller than {min_side} px on a side (prepare.resolution "
+                                                       f"{cfg.resolution} upscales at most {MAX_UPSCALE}x)", small)):
+        if items:
+            shown = ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+            raise GanflowError(f"prepare.folder {root}: {len(items)} {what}: {shown}")
+    stacked = torch.stack(images).numpy()
+    if subdirs is None:
+        return ImageSet(stacked, None, [], preprocess=folder_preprocess(cfg))
     labels = np.asarray([subdirs.index(p.relative_to(root).parts[0]) for p in files], np.int64)
-    small = [f"{d} ({n})" for d, n in zip(subdirs, np.bincount(labels, minlength=len(subdirs))) if n < MIN_PER_CLASS]
-    if small:
-        raise GanflowError(f"prepare.folder {root}: every class needs at least {MIN_PER_CLASS} images; too few in {', '.join(small[:5])}")
-    return ImageSet(torch.stack(images).numpy(), labels, subdirs)
+    small_classes = [f"{d} ({n})" for d, n in zip(subdirs, np.bincount(labels, minlength=len(subdirs))) if n < MIN_PER_CLASS]
+    if small_classes:
+        raise GanflowError(f"prepare.folder {root}: every class needs at least {MIN_PER_CLASS} images; too few in {', '.join(small_classes[:5])}")
+    return ImageSet(stacked, labels, subdirs, preprocess=folder_preprocess(cfg))
 
 
 STACK_MODES = 1000  # StackedMNIST: digits (R, G, B) -> mode 100·R + 10·G + B
@@ -245,6 +290,7 @@ def save_prepared(ds: ImageSet, out_dir: str | Path, source: str) -> dict:
         "labelled": ds.labels is not None,
         "class_counts": np.bincount(ds.labels, minlength=len(ds.classes)).tolist() if ds.labels is not None else None,
         "sha256": content_hash(ds),
+        "preprocess": ds.preprocess,
     } | ds.info
     with atomic_dir(out_dir) as tmp:
         np.save(tmp / "images.npy", ds.images)
@@ -262,7 +308,7 @@ def load_prepared(folder: str | Path) -> tuple[ImageSet, dict]:
         meta = json.loads((folder / "meta.json").read_text())
         images = np.load(folder / "images.npy", allow_pickle=False)
         labels = np.load(folder / "labels.npy", allow_pickle=False) if meta["labelled"] else None
-        ds = ImageSet(images, labels, meta["classes"])
+        ds = ImageSet(images, labels, meta["classes"], preprocess=meta.get("preprocess", ""))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise GanflowError(f"{folder}: not a prepared data set ({err}); run the prepare stage") from None
     if content_hash(ds) != meta.get("sha256"):

@@ -49,63 +49,61 @@ def use_cas(cfg: EvaluateConfig, device: torch.device) -> bool:
     return cfg.cas == "on" or (cfg.cas == "auto" and device.type == "cuda")
 
 
-def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, inception: Path | None,
-             cfg: EvaluateConfig, device: torch.device, sample_seed: int | None = None) -> Report:
-    """Score `samples` (uint8 C×H×W tensors, read lazily) against the prepared set `ds`."""
-    n = len(samples)
-    if n < m.MIN_SAMPLES:
-        raise GanflowError(f"{n} samples: the scores need at least {m.MIN_SAMPLES} (the k-NN metrics use k = {m.DC_K})")
-    if ds.labels is None:
-        raise GanflowError("the prepared data has no labels: the classifier feature space needs class sub-folders")
-    classifier, info = evaluator.load(evaluator_path)
-    is_stacked = bool(info.get("stacked"))  # StackedMNIST: the mode-coverage benchmark, no per-class FIDs
-    data_sha256 = content_hash(ds)
-    heldout, train = evaluator.reference_split(info, evaluator_path, data_sha256, len(ds.images))
-    n_classes = len(ds.classes)
-
-    # one pass of each image set through the classifier; every score below reuses these features
-    real = m.real_features(ds.images, "classifier", evaluator_path, cfg, device)
-    fake = m.extract(samples, "classifier", evaluator_path, cfg, device)
-    space = "classifier"
-    results: dict[str, Any] = {m.KEY_N_SAMPLES: n, m.KEY_N_REAL: len(real), m.KEY_N_HELDOUT: min(len(heldout), len(train))}
-    results |= m.scores(fake, real, space, cfg)
+def space_scores(fake: m.Features, real: m.Features, space: m.Space, train: np.ndarray, heldout: np.ndarray,
+                 cfg: EvaluateConfig) -> tuple[dict[str, float], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The scores that need no classes, in one feature space: FID (and its bootstrap interval), IS when
+    the space has logits, KID, precision/recall, density/coverage, train vs held-out FID and
+    memorization. Also which real points are covered and each sample's nearest training image."""
+    results = m.scores(fake, real, space, cfg)
     if cfg.bootstrap:
         lo, hi = m.fid_interval(fake.emb, real.emb, cfg.bootstrap, SEED)
         results |= {m.key(m.FID_LOW, space): lo, m.key(m.FID_HIGH, space): hi}
     dc, covered = m.density_coverage(fake.emb, real.emb, space)
     results |= dc
-    results |= m.train_heldout(fake.emb, real.emb[train], real.emb[heldout], SEED)
-    memo, nn_dist, nn_index = m.memorization(fake.emb, real.emb[train], real.emb[heldout])
-    results |= memo
-    pred = fake.logits.argmax(1).numpy()
-    if is_stacked:  # 1,000 modes of ~5 samples each: no intra-class FID, the benchmark instead
-        intra = [None] * n_classes
-        bench, stacked_protocol = stacked.benchmark(pred, classifier, info)
-        results |= bench
+    results |= m.train_heldout(fake.emb, real.emb[train], real.emb[heldout], SEED, space)
+    memo, nn_dist, nn_index = m.memorization(fake.emb, real.emb[train], real.emb[heldout], space)
+    return results | memo, covered, nn_dist, nn_index
+
+
+def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, inception: Path | None,
+             cfg: EvaluateConfig, device: torch.device, sample_seed: int | None = None) -> Report:
+    """Score `samples` (uint8 C×H×W tensors, read lazily) against the prepared set `ds`, in every
+    feature space the evaluator file holds (the classifier and/or the label-free encoder)."""
+    n = len(samples)
+    if n < m.MIN_SAMPLES:
+        raise GanflowError(f"{n} samples: the scores need at least {m.MIN_SAMPLES} (the k-NN metrics use k = {m.DC_K})")
+    classifier, info = evaluator.load(evaluator_path)
+    spaces = evaluator.spaces(info)
+    data_sha256 = content_hash(ds)
+    heldout, train = evaluator.reference_split(info, evaluator_path, data_sha256, len(ds.images))
+    results: dict[str, Any] = {m.KEY_N_SAMPLES: n, m.KEY_N_REAL: len(ds.images), m.KEY_N_HELDOUT: min(len(heldout), len(train))}
+
+    # one pass of each image set through each space's extractor; every score below reuses these features
+    feats = {}
+    for space in spaces:
+        feats[space] = m.extract(samples, space, evaluator_path, cfg, device), m.real_features(ds.images, space, evaluator_path, cfg, device)
+        scored, *found = space_scores(*feats[space], space, train, heldout, cfg)
+        results |= scored
+        if space == spaces[0]:
+            covered, nn_dist, nn_index = found
+    per_class, cas, stacked_protocol = [], False, {}
+    if "classifier" in spaces:
+        per_class, cas, stacked_protocol = class_scores(samples, ds, feats["classifier"], covered, classifier, info, results,
+                                                        cfg, device)
     else:
-        intra = m.intra_class_fid(fake, real.emb, ds.labels, n_classes)
-        results[m.key(m.FID_INTRA, space)] = float(np.mean([f for f in intra if f is not None]))
-    real_hist = m.class_histogram(ds.labels, n_classes)
-    results |= m.class_stats(pred, real_hist)
-    cas_per_class, cas = None, use_cas(cfg, device)
-    if cas:
-        recipe = EvaluatorConfig(**info["recipe"])
-        acc, cas_per_class = class_accuracy_score(samples, pred, ds.images[heldout], ds.labels[heldout], n_classes,
-                                                  recipe, device)
-        # the baseline: the evaluator's accuracy on the same held-out images (stacked: on the triples)
-        real_acc = evaluator.accuracy(classifier, ds.images[heldout], ds.labels[heldout]) if is_stacked else info["accuracy"]
-        results |= {m.KEY_CAS: acc, m.KEY_CAS_REAL: float(real_acc)}
+        log.info("IS, class coverage, class KL, intra-class FID and CAS skipped: they need classes, and %s",
+                 "the data has no labels" if ds.labels is None else "evaluator.space fitted no classifier")
 
     if inception is not None:
         real_i = m.real_features(ds.images, "inception", inception, cfg, device)
         fake_i = m.extract(samples, "inception", inception, cfg, device)
         results |= m.scores(fake_i, real_i, "inception", cfg) | m.density_coverage(fake_i.emb, real_i.emb, "inception")[0]
 
-    protocol = {
-        "torch_fidelity": torch_fidelity.__version__,
-        "classifier_extractor": m.CLASSIFIER_EXTRACTOR,
-        "classifier_weights_sha256": m.file_sha256(evaluator_path)[:16],
-        "classifier_resize": m.RESIZE["classifier"],
+    protocol = {"torch_fidelity": torch_fidelity.__version__}
+    for space in spaces:
+        protocol |= {f"{space}_extractor": m.EXTRACTORS[space], f"{space}_weights_sha256": m.file_sha256(evaluator_path)[:16],
+                     f"{space}_resize": m.RESIZE[space]}
+    protocol |= {
         "data_sha256": data_sha256[:16],
         "reference": f"all {len(ds.images)} prepared images",
         "heldout": f"the evaluator's split (seed {info['seed']}, holdout {info['recipe']['holdout']}): "
@@ -121,8 +119,17 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
         "seed": SEED,
         "cas": json.dumps(info["recipe"], sort_keys=True) if cas else "off",
     }
-    if is_stacked:
+    if stacked_protocol:
         protocol |= stacked_protocol
+    # fields a classifier-only protocol never had are added only when they say something, so its hash
+    # (and the comparability of earlier results) stays as it was
+    if spaces != ["classifier"]:
+        protocol |= {"feature_spaces": ",".join(spaces), "labelled": ds.labels is not None}
+        if "simclr" in spaces:
+            recipe = info["recipe"]
+            protocol["simclr_recipe"] = json.dumps({k: v for k, v in recipe.items() if k.startswith("simclr_")}, sort_keys=True)
+    if ds.preprocess:
+        protocol["prepare"] = ds.preprocess
     if inception is not None:
         protocol |= {"inception_extractor": m.INCEPTION_EXTRACTOR, "inception_weights_sha256": m.file_sha256(inception)[:16],
                      "inception_resize": m.RESIZE["inception"]}
@@ -130,16 +137,47 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
     if n < m.UNBIASED_FROM:
         log.warning("only %d samples: FID is biased below %d; compare FIDs only at equal N", n, m.UNBIASED_FROM)
 
+    closest = nn_dist.argsort()[:N_PAIRS]
+    pairs = torch.cat([torch.stack([samples[int(i)] for i in closest]),
+                       torch.from_numpy(ds.images[train[nn_index[closest].numpy()]])])
+    return Report(results, per_class, pairs)
+
+
+def class_scores(samples: Dataset, ds: ImageSet, feats: tuple[m.Features, m.Features], covered: torch.Tensor,
+                 classifier: torch.nn.Module, info: dict, results: dict[str, Any], cfg: EvaluateConfig,
+                 device: torch.device) -> tuple[list[dict[str, Any]], bool, dict[str, Any]]:
+    """The scores that need classes, in the classifier's space (added to `results`): intra-class FID
+    (StackedMNIST: its 1,000-mode benchmark instead), class coverage and KL, CAS; and the per-class
+    table. Returns (the table, whether CAS ran, the benchmark's protocol fields)."""
+    fake, real = feats
+    n_classes = len(ds.classes)
+    heldout, _ = evaluator.split(len(ds.images), info["recipe"]["holdout"], info["seed"])
+    pred = fake.logits.argmax(1).numpy()
+    is_stacked, stacked_protocol = bool(info.get("stacked")), {}
+    if is_stacked:  # 1,000 modes of ~5 samples each: no intra-class FID, the benchmark instead
+        intra = [None] * n_classes
+        bench, stacked_protocol = stacked.benchmark(pred, classifier, info)
+        results |= bench
+    else:
+        intra = m.intra_class_fid(fake, real.emb, ds.labels, n_classes)
+        results[m.key(m.FID_INTRA, "classifier")] = float(np.mean([f for f in intra if f is not None]))
+    real_hist = m.class_histogram(ds.labels, n_classes)
+    results |= m.class_stats(pred, real_hist)
+    cas_per_class, cas = None, use_cas(cfg, device)
+    if cas:
+        recipe = EvaluatorConfig(**info["recipe"])
+        acc, cas_per_class = class_accuracy_score(samples, pred, ds.images[heldout], ds.labels[heldout], n_classes,
+                                                  recipe, device)
+        # the baseline: the evaluator's accuracy on the same held-out images (stacked: on the triples)
+        real_acc = evaluator.accuracy(classifier, ds.images[heldout], ds.labels[heldout]) if is_stacked else info["accuracy"]
+        results |= {m.KEY_CAS: acc, m.KEY_CAS_REAL: float(real_acc)}
     per_class = [
         {"class": c, "name": ds.classes[c], "real": int((ds.labels == c).sum()), "real_share": float(real_hist[c]),
          "sample_share": float((pred == c).mean()), "coverage": float(covered[torch.from_numpy(ds.labels == c)].float().mean()),
          "fid_intra": intra[c]} | ({"cas": cas_per_class[c]} if cas_per_class else {})
         for c in range(n_classes)
     ]
-    closest = nn_dist.argsort()[:N_PAIRS]
-    pairs = torch.cat([torch.stack([samples[int(i)] for i in closest]),
-                       torch.from_numpy(ds.images[train[nn_index[closest].numpy()]])])
-    return Report(results, per_class, pairs)
+    return per_class, cas, stacked_protocol
 
 
 def class_accuracy_score(samples: Dataset, pred: np.ndarray, images: np.ndarray, labels: np.ndarray,

@@ -128,22 +128,33 @@ def predict(model: Classifier, images, batch_size: int = 500) -> np.ndarray:
     return torch.cat([model(x.to(device))[1].argmax(1).cpu() for x in loader]).numpy()
 
 
-def save(model: Classifier, path: str | Path, accuracy: float, data_sha256: str, resolution: int,
-         cfg: EvaluatorConfig, seed: int) -> None:
+def save(model: Classifier | None, path: str | Path, accuracy: float | None, data_sha256: str, resolution: int,
+         cfg: EvaluatorConfig, seed: int, encoder: dict | None = None) -> None:
     """The weights, plus what evaluation needs to know of the fit: the data it saw (content hash),
-    the recipe and the seed of its held-out split."""
-    stacked = isinstance(model, StackedClassifier)  # saved as its digit classifier, flagged
-    checkpoint.save(
-        {"format": FORMAT, "arch": model.arch, "resolution": resolution,
-         "state_dict": (model.digit if stacked else model).state_dict(),
-         "accuracy": accuracy, "data_sha256": data_sha256, "recipe": cfg.model_dump(), "seed": seed}
-        | ({"stacked": True} if stacked else {}),
-        path,
-    )
+    the recipe and the seed of its held-out split. `model` None: no classifier (unlabelled data); a
+    StackedClassifier is saved as its digit classifier, flagged; `encoder`: the label-free encoder's
+    state (simclr.state), kept beside it."""
+    obj = {"format": FORMAT, "resolution": resolution, "accuracy": accuracy, "data_sha256": data_sha256,
+           "recipe": cfg.model_dump(), "seed": seed}
+    if model is not None:
+        stacked = isinstance(model, StackedClassifier)
+        obj |= {"arch": model.arch, "state_dict": (model.digit if stacked else model).state_dict()}
+        obj |= {"stacked": True} if stacked else {}
+    if encoder is not None:
+        obj["encoder"] = encoder
+    checkpoint.save(obj, path)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+def spaces(info: dict) -> list[str]:
+    """The feature spaces an evaluator file holds, the primary one (model selection, nearest pairs) first."""
+    return (["classifier"] if "arch" in info else []) + (["simclr"] if "encoder" in info else [])
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier | None, dict]:
+    """The classifier (None when the file holds only a label-free encoder) and the file's info."""
     obj = checkpoint.load(path, FORMAT, map_location=device)
+    if "arch" not in obj:
+        return None, obj
     model = Classifier(**obj["arch"])
     model.load_state_dict(obj["state_dict"])
     if obj.get("stacked"):

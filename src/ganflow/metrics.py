@@ -3,6 +3,9 @@
 - `classifier`: ganflow's own classifier (models/evaluator.pt), registered with torch-fidelity as
   the feature extractor "ganflow-classifier". Always available, offline too.
 - `inception`: torch-fidelity's Inception-v3, when its weights can be had.
+- `simclr`: ganflow's own label-free encoder (the "encoder" in models/evaluator.pt, ganflow.simclr),
+  registered as "ganflow-simclr": the space of unlabelled data, and an option beside the classifier.
+  It has no logits, so no IS in it.
 
 Each image set goes through the feature extractor once (torch-fidelity's `create_feature_extractor`
 and `get_featuresdict_from_dataset`); every score is then computed from those features by
@@ -40,7 +43,7 @@ from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import calc_cdist_part, prc_features_to_metric
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from ganflow import GanflowError, evaluator
+from ganflow import GanflowError, evaluator, simclr
 from ganflow.data import ImageArray
 from ganflow.io import write_bytes
 
@@ -49,15 +52,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ganflow.metrics")
 
-Space = Literal["classifier", "inception"]
+Space = Literal["classifier", "inception", "simclr"]
 CLASSIFIER_EXTRACTOR = "ganflow-classifier"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
-EXTRACTORS = {"classifier": CLASSIFIER_EXTRACTOR, "inception": INCEPTION_EXTRACTOR}
+SIMCLR_EXTRACTOR = "ganflow-simclr"
+EXTRACTORS = {"classifier": CLASSIFIER_EXTRACTOR, "inception": INCEPTION_EXTRACTOR, "simclr": SIMCLR_EXTRACTOR}
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 # how images reach each extractor: part of the protocol
 RESIZE = {
     "classifier": "none: samples must have the prepared data's C×H×W",
     "inception": "grayscale repeated to RGB, then torch-fidelity's TF-compatible bilinear resize to 299×299",
+    "simclr": "none: samples must have the prepared data's C×H×W",
 }
 
 # every torch-fidelity call gets these: never its cache, no worker processes, no prints
@@ -114,6 +119,8 @@ class ClassifierExtractor(FeatureExtractorBase):
         if feature_extractor_weights_path is None:
             raise GanflowError(f"{CLASSIFIER_EXTRACTOR} needs feature_extractor_weights_path (models/evaluator.pt)")
         self.model, _ = evaluator.load(feature_extractor_weights_path)
+        if self.model is None:
+            raise GanflowError(f"{feature_extractor_weights_path}: holds no classifier (the data has no labels)")
         self.requires_grad_(False)
 
     @staticmethod
@@ -140,12 +147,36 @@ class ClassifierExtractor(FeatureExtractorBase):
         return tuple(out[f] for f in self.features_list)
 
 
+class SimCLRExtractor(ClassifierExtractor):
+    """torch-fidelity feature extractor over ganflow's label-free encoder: 'features' (the encoder's
+    pooled output, before the projection head) and 'logits' (N×0: there are no classes)."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        FeatureExtractorBase.__init__(self, name, features_list)
+        if feature_extractor_weights_path is None:
+            raise GanflowError(f"{SIMCLR_EXTRACTOR} needs feature_extractor_weights_path (models/evaluator.pt)")
+        self.model = simclr.load(feature_extractor_weights_path)
+        self.requires_grad_(False)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {"fid": "features", "kid": "features", "prc": "features"}.get(metric, "logits")
+
+    def forward(self, x):
+        if x.dtype != torch.uint8 or x.dim() != 4:
+            raise ValueError(f"{SIMCLR_EXTRACTOR} expects uint8 N×C×H×W, got {x.dtype} {tuple(x.shape)}")
+        feats = self.model(x).float()
+        out = {"features": feats, "logits": feats[:, :0]}
+        return tuple(out[f] for f in self.features_list)
+
+
 def register() -> None:
-    """Register the classifier with torch-fidelity (once per process)."""
+    """Register ganflow's own extractors with torch-fidelity (once per process)."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-    if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-        torch_fidelity.register_feature_extractor(CLASSIFIER_EXTRACTOR, ClassifierExtractor)
+    for name, cls in ((CLASSIFIER_EXTRACTOR, ClassifierExtractor), (SIMCLR_EXTRACTOR, SimCLRExtractor)):
+        if name not in FEATURE_EXTRACTORS_REGISTRY:
+            torch_fidelity.register_feature_extractor(name, cls)
 
 
 def inception_cache_path() -> Path:
@@ -358,13 +389,15 @@ def scores(fake: Features, real: Features, space: Space, cfg: EvaluateConfig) ->
         raise GanflowError(f"{len(fake)} samples against {len(real)} real images: the k-NN metrics need at least {MIN_SAMPLES} of each")
     kid_n = min(cfg.kid_subset_size, len(fake), len(real))
     out = {torch_fidelity.KEY_METRIC_FID: fid(fake.emb, real.emb)}
-    out |= isc_features_to_metric(fake.logits, TF_DEFAULTS["isc_splits"], TF_DEFAULTS["samples_shuffle"], TF_DEFAULTS["rng_seed"])
+    if fake.logits.shape[1]:  # a space without classes (simclr) has no IS
+        out |= isc_features_to_metric(fake.logits, TF_DEFAULTS["isc_splits"], TF_DEFAULTS["samples_shuffle"], TF_DEFAULTS["rng_seed"])
     out |= kid_features_to_metric(fake.emb, real.emb, kid_subset_size=kid_n, **TF_KWARGS)
     out |= prc_features_to_metric(fake.emb, real.emb, prc_neighborhood=PRC_K, prc_batch_size=CHUNK, **TF_KWARGS)
     return {key(_TF_KEYS[k], space): float(v) for k, v in out.items() if k in _TF_KEYS}
 
 
-def train_heldout(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor, seed: int) -> dict[str, float]:
+def train_heldout(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor, seed: int,
+                  space: Space = "classifier") -> dict[str, float]:
     """FID against the training images and against the held-out ones at equal N (the held-out count):
     the training side averages disjoint subsets of that size. A ratio well below 1 means the samples
     sit closer to the images the generator saw than to unseen ones of the same distribution."""
@@ -374,11 +407,12 @@ def train_heldout(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor
     parts = torch.from_numpy(rng.permutation(len(train))).split(n)
     fid_train = float(np.mean([fid(fake, train[p]) for p in parts if len(p) == n]))
     fid_heldout = fid(fake, heldout)
-    return {key(FID_TRAIN, "classifier"): fid_train, key(FID_HELDOUT, "classifier"): fid_heldout,
-            key(FID_RATIO, "classifier"): fid_train / max(fid_heldout, 1e-12)}
+    return {key(FID_TRAIN, space): fid_train, key(FID_HELDOUT, space): fid_heldout,
+            key(FID_RATIO, space): fid_train / max(fid_heldout, 1e-12)}
 
 
-def memorization(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+def memorization(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor,
+                 space: Space = "classifier") -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """Nearest training image of each sample, against the same distance for held-out real images.
     memorized_share: samples nearer their nearest training image than MEMORIZATION_QUANTILE of the
     held-out images are to theirs (fresh real data scores MEMORIZATION_QUANTILE; a copier 1).
@@ -387,8 +421,8 @@ def memorization(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor)
     d_fake, idx = nearest(fake, train)
     d_real, _ = nearest(heldout, train)
     threshold = torch.quantile(d_real, MEMORIZATION_QUANTILE)
-    out = {key(MEMORIZED, "classifier"): float((d_fake < threshold).float().mean()),
-           key(NN_RATIO, "classifier"): float(d_fake.median() / d_real.median().clamp_min(1e-12))}
+    out = {key(MEMORIZED, space): float((d_fake < threshold).float().mean()),
+           key(NN_RATIO, space): float(d_fake.median() / d_real.median().clamp_min(1e-12))}
     return out, d_fake, idx
 
 
@@ -406,11 +440,13 @@ def intra_class_fid(fake: Features, real: torch.Tensor, labels: np.ndarray, n_cl
 
 
 class TrainingFID:
-    """Classifier-space FID of a generator's first n samples, for model selection during training:
-    the same features and FID as the evaluate stage's fid_classifier, so the two agree exactly."""
+    """FID in the evaluator file's primary space (`primary_space`) of a generator's first n samples, for
+    model selection during training: the same features and FID as the evaluate stage's fid_<space>,
+    so the two agree exactly."""
 
     def __init__(self, real: np.ndarray, evaluator_path: str | Path, n: int, seed: int,
                  cfg: EvaluateConfig, device: torch.device):
+        self.space = primary_space(evaluator_path)
         self.real, self.weights = real, evaluator_path
         self.n, self.seed, self.cfg, self.device = n, seed, cfg, device
         self._real_emb: torch.Tensor | None = None
@@ -419,9 +455,21 @@ class TrainingFID:
         from ganflow.sampling import generate
 
         if self._real_emb is None:
-            self._real_emb = real_features(self.real, "classifier", self.weights, self.cfg, self.device).emb
+            self._real_emb = real_features(self.real, self.space, self.weights, self.cfg, self.device).emb
         x = generate(G, self.seed, 0, self.n, self.device).numpy()
-        return fid(extract(x, "classifier", self.weights, self.cfg, self.device).emb, self._real_emb)
+        return fid(extract(x, self.space, self.weights, self.cfg, self.device).emb, self._real_emb)
+
+
+def primary_space(evaluator_path: str | Path) -> Space:
+    """The space that selects models and names the training FID: the classifier when the evaluator
+    file holds one, else the label-free encoder."""
+    return evaluator.spaces(evaluator.load(evaluator_path)[1])[0]
+
+
+def primary_fid_key(results: dict) -> str:
+    """The FID that selects and promotes models: the classifier's when it scored `results`, else the
+    label-free encoder's."""
+    return next((k for k in (key(FID, "classifier"), key(FID, "simclr")) if k in results), key(FID, "classifier"))
 
 
 def fidelity(samples: np.ndarray | Dataset, real: np.ndarray, space: Space, weights: str | Path,

@@ -274,16 +274,12 @@ def test_folder_sources_that_cannot_be_scored_stop_at_prepare(ws, tmp_path):
 
     (tmp_path / "one" / "c0").mkdir(parents=True)
     Image.new("L", (28, 28)).save(tmp_path / "one" / "c0" / "a.png")
-    (tmp_path / "flat").mkdir()
-    for i in range(4):
-        Image.new("L", (28, 28), color=i).save(tmp_path / "flat" / f"{i}.png")
     (tmp_path / "bomb" / "c0").mkdir(parents=True)
     for i in range(3):
         Image.new("L", (28, 28), color=i).save(tmp_path / "bomb" / "c0" / f"{i}.png")
     Image.new("L", (14000, 14000)).save(tmp_path / "bomb" / "c0" / "huge.png")  # 196 Mpx, a few kB of PNG
     cases = {
         "one": "every class needs at least 2 images; too few in c0 (1)",
-        "flat": "no class sub-folders; put the images in one sub-folder per class",
         "bomb": "1 unreadable file(s): c0/huge.png (DecompressionBombError)",
     }
     for name, message in cases.items():

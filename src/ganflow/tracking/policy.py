@@ -179,13 +179,14 @@ def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, resul
     train_run = read_handle(run_handle)
     if tracker.enabled:
         scores = {k: v for k, v in results.items() if isinstance(v, (int, float))}
-        _open_scores_run(tracker, train_run, params)
+        fid_key = metrics.primary_fid_key(scores)
+        _open_scores_run(tracker, train_run, params, fid_key)
         tracker.log_params({k: v for k, v in flatten(params).items() if k.split(".")[0] in ("sample", "evaluate")})
         tracker.log_metrics(scores)
         for path in artifacts:
             if path and Path(path).is_file():
                 tracker.log_artifact(path)
-        status = promote(tracker, train_run, scores, metrics.key("fid", "classifier"), metrics.KEY_N_SAMPLES)
+        status = promote(tracker, train_run, scores, fid_key, metrics.KEY_N_SAMPLES)
         if status:
             log.info("registered generator of run %s: %s", train_run, status)
         protocol = results[metrics.KEY_PROTOCOL_DETAIL]
@@ -195,11 +196,11 @@ def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, resul
     return {"mlflow_run_id": tracker.run_id, "mlflow_train_run_id": train_run}
 
 
-def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params) -> None:
+def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params, fid_key: str) -> None:
     mine = {k: v for k, v in flatten(params).items() if k.split(".")[0] in ("sample", "evaluate")}
     run = tracker.get_run(train_run)
     data = run.data if run else None
-    if data and metrics.key("fid", "classifier") in data.metrics and any(data.params.get(k) != str(v) for k, v in mine.items()):
+    if data and fid_key in data.metrics and any(data.params.get(k) != str(v) for k, v in mine.items()):
         changed = {k: (data.params.get(k), v) for k, v in mine.items() if data.params.get(k) != str(v)}
         name = f"{data.tags.get('mlflow.runName', train_run)} · " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, (_, v) in changed.items())
         tags = {TAG_PARENT: train_run, TAG_NOTE: f"Evaluation of the model trained in run {train_run} with "
