@@ -11,7 +11,7 @@ from pathlib import Path
 from ganflow import data, metrics
 from ganflow.accel import select_device
 from ganflow.config import flatten, load_params
-from ganflow.evaluation import evaluate
+from ganflow.evaluation import evaluate, protocol_file, rounded
 from ganflow.io import save_grid, write_json
 from ganflow.sampling import PngFolder
 from ganflow.stage import stage
@@ -32,6 +32,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("per_class", help="output: per-class table (JSON)")
     ap.add_argument("pairs", help="output: the samples nearest a training image, above those images (PNG)")
     ap.add_argument("--grid", help="the sample grid, logged with the scores")
+    ap.add_argument("--protocol-out", help="output: the protocol's hash and fields (JSON; not a metrics file)")
     ap.add_argument("--run-out", help="output: the MLflow run ids (JSON), for `dvc exp show`")
     a = ap.parse_args(argv)
     params = load_params(a.params)
@@ -45,16 +46,19 @@ def main(argv: list[str]) -> None:
 
     t0 = time.perf_counter()
     report = evaluate(samples, ds, a.evaluator, inception, cfg, device, params.sample.seed)
+    report.results, report.per_class = rounded(report.results), rounded(report.per_class)
     write_json(a.out, report.results)
     write_json(a.per_class, report.per_class)
+    if a.protocol_out:
+        write_json(a.protocol_out, protocol_file(report))
     save_grid(report.pairs, a.pairs, nrow=len(report.pairs) // 2)
     log.info("scored %d samples in %.1f s", len(samples), time.perf_counter() - t0)
 
     scores = {k: v for k, v in report.results.items() if isinstance(v, (int, float))}
     train_run = read_handle(a.run_handle)
     if tracker.enabled:
-        log_scores(tracker, train_run, params, scores, [a.out, a.grid, a.pairs, "dvc.lock"])
-        protocol = report.results[metrics.KEY_PROTOCOL_DETAIL]
+        log_scores(tracker, train_run, params, scores, [a.out, a.protocol_out, a.grid, a.pairs, "dvc.lock"])
+        protocol = report.protocol
         tracker.set_tags({f"protocol.{k}": str(v) for k, v in protocol.items()} | {"protocol": report.results[metrics.KEY_PROTOCOL]})
         tracker.log_table(report.per_class, "per_class.json")
         tracker.end()

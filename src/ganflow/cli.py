@@ -32,12 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("params", nargs="?", default="params.yaml")
     runs = sub.add_parser("runs", help="list the MLflow runs of the experiment: id, name, key params, scores")
     runs.add_argument("--params", default="params.yaml", help="where tracking.* is read (store, experiment)")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--limit", type=int, default=20, help="the most recent runs listed (default 20)")
     sample = sub.add_parser("sample", help="draw a grid of samples from a registered model or a generator file")
     sample.add_argument("--model", required=True, help="models:/ganflow-generator@champion, runs:/ID/generator, or models/generator.pt")
     sample.add_argument("-n", type=int, default=64, help="images (1 to 1024)")
     sample.add_argument("--seed", type=int, default=1, help="image i depends on (seed, i) only")
-    sample.add_argument("--out", type=Path, default=Path("grid.png"))
+    sample.add_argument("--out", type=Path, default=Path("grid.png"),
+                        help="the PNG written: a full, square-ish grid (64 -> 8 × 8) (default grid.png)")
     sample.add_argument("--params", default="params.yaml", help="where tracking.* is read for models:/ URIs")
     ui = sub.add_parser("ui", help="serve the MLflow UI of the project's store on 127.0.0.1 and print the experiment's link")
     ui.add_argument("--params", default="params.yaml")
@@ -112,7 +113,7 @@ def sample_grid(a) -> None:
 
     from ganflow.io import save_grid
     from ganflow.pixels import to_uint8
-    from ganflow.sampling import latents
+    from ganflow.sampling import grid_columns, latents
 
     if not 1 <= a.n <= 1024:
         raise GanflowError(f"-n must be between 1 and 1024, got {a.n}")
@@ -141,7 +142,7 @@ def sample_grid(a) -> None:
             z = torch.cat([z, (torch.arange(a.n) % n_classes).float()[:, None]], 1)
         with torch.no_grad():
             images = to_uint8(model(z))
-    save_grid(images, a.out, nrow=min(10, a.n) if a.n >= 10 else a.n)
+    save_grid(images, a.out, nrow=grid_columns(a.n))
     print(f"wrote {a.n} samples of {a.model} to {a.out}")
 
 
@@ -162,21 +163,17 @@ def evaluate_folder(a) -> None:
     ds, meta = data.load_prepared(a.prepared)
     samples = PngFolder(a.samples, meta["shape"])
     report = evaluate(samples, ds, a.evaluator, metrics.resolve_inception_weights(cfg), cfg, device, a.seed)
+    results = report.results | {metrics.KEY_PROTOCOL_DETAIL: report.protocol}  # self-contained, for compare
     if a.out:
-        write_json(a.out, report.results)
+        write_json(a.out, results)
     else:
-        print(json.dumps(report.results, indent=2, sort_keys=True))
+        print(json.dumps(results, indent=2, sort_keys=True))
 
 
 def compare(a) -> None:
-    from ganflow.evaluation import comparable
+    from ganflow.evaluation import comparable, load_results
 
-    results = []
-    for path in (a.a, a.b):
-        try:
-            results.append(json.loads(Path(path).read_text()))
-        except (OSError, ValueError) as err:
-            raise GanflowError(f"{path}: unreadable results ({err})") from None
+    results = [load_results(a.a), load_results(a.b)]
     diff = comparable(*results)
     if diff and not a.force:
         raise GanflowError(f"{a.a} and {a.b} were scored under different protocols ({'; '.join(diff)}): "

@@ -26,13 +26,53 @@ if TYPE_CHECKING:
 log = logging.getLogger("ganflow.evaluation")
 SEED = m.TF_DEFAULTS["rng_seed"]  # every resample and subset of the protocol draws from it
 N_PAIRS = 8  # sample/training pairs shown in nearest_pairs.png
+DIGITS = 6  # significant digits of the floats written to eval.json and per_class.json
+PROTOCOL_FILE = "protocol.json"  # beside eval.json: the protocol's fields (DVC does not read it as metrics)
 
 
 @dataclass
 class Report:
-    results: dict[str, Any]  # metrics/eval.json: scores, N, the protocol hash and its fields
+    results: dict[str, Any]  # metrics/eval.json: scores, N and the protocol hash
+    protocol: dict[str, Any]  # metrics/protocol.json: the fields the hash is of (not a metrics file)
     per_class: list[dict[str, Any]]  # metrics/per_class.json: one row per class
     pairs: torch.Tensor  # uint8 2k×C×H×W: the k samples nearest a training image, then those images
+
+
+def rounded(obj: Any, digits: int = DIGITS) -> Any:
+    """Floats (nested in dicts and lists too) to `digits` significant digits: what the result files hold.
+    The last bits of a float sum depend on how BLAS and torch split it over threads, so unrounded
+    scores differ at ~1e-11 between machines and re-runs and would dirty `git status` for nothing."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
+def protocol_file(report: Report) -> dict[str, Any]:
+    """metrics/protocol.json: the protocol's hash and its fields, read back by `load_results`."""
+    return {m.KEY_PROTOCOL: report.results[m.KEY_PROTOCOL], m.KEY_PROTOCOL_DETAIL: report.protocol}
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """An eval.json, with its protocol's fields from the protocol.json beside it when that file holds
+    the same protocol hash (files written by `ganflow evaluate --out` carry the fields themselves)."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise GanflowError(f"{path}: unreadable results ({err})") from None
+    beside = path.with_name(PROTOCOL_FILE)
+    if m.KEY_PROTOCOL_DETAIL not in results and beside.is_file():
+        try:
+            proto = json.loads(beside.read_text())
+        except ValueError:
+            proto = {}
+        if proto.get(m.KEY_PROTOCOL) == results.get(m.KEY_PROTOCOL):
+            results[m.KEY_PROTOCOL_DETAIL] = proto.get(m.KEY_PROTOCOL_DETAIL, {})
+    return results
 
 
 def protocol_hash(protocol: dict[str, Any]) -> str:
@@ -113,7 +153,7 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
     if inception is not None:
         protocol |= {"inception_extractor": m.INCEPTION_EXTRACTOR, "inception_weights_sha256": m.file_sha256(inception)[:16],
                      "inception_resize": m.RESIZE["inception"]}
-    results |= {m.KEY_PROTOCOL: protocol_hash(protocol), m.KEY_PROTOCOL_DETAIL: protocol}
+    results[m.KEY_PROTOCOL] = protocol_hash(protocol)
     if n < m.UNBIASED_FROM:
         log.warning("only %d samples: FID is biased below %d; compare FIDs only at equal N", n, m.UNBIASED_FROM)
 
@@ -126,7 +166,7 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
     closest = nn_dist.argsort()[:N_PAIRS]
     pairs = torch.cat([torch.stack([samples[int(i)] for i in closest]),
                        torch.from_numpy(ds.images[train[nn_index[closest].numpy()]])])
-    return Report(results, per_class, pairs)
+    return Report(results, protocol, per_class, pairs)
 
 
 def class_accuracy_score(samples: Dataset, pred: np.ndarray, images: np.ndarray, labels: np.ndarray,
@@ -145,7 +185,8 @@ def class_accuracy_score(samples: Dataset, pred: np.ndarray, images: np.ndarray,
 
 
 def comparable(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """The protocol fields in which two eval.json results differ (empty: their scores compare)."""
+    """The protocol fields in which two results differ (empty: their scores compare). Each is an
+    eval.json's dict, with the protocol's fields under protocol_detail when they are known."""
     pa, pb = a.get(m.KEY_PROTOCOL_DETAIL, {}), b.get(m.KEY_PROTOCOL_DETAIL, {})
     if a.get(m.KEY_PROTOCOL) == b.get(m.KEY_PROTOCOL) and a.get(m.KEY_PROTOCOL):
         return []
