@@ -191,6 +191,7 @@ def serve_ui(a) -> None:
     """The UI opens in its GenAI layout unless the link asks for the model-training one (MLflow 3 keeps that
     choice per browser): print such a link, then serve the local store (a server's URL is only printed)."""
     import os
+    import urllib.parse
 
     import mlflow
 
@@ -204,6 +205,8 @@ def serve_ui(a) -> None:
         raise GanflowError(f"tracking store {uri}: cannot read it ({type(err).__name__})") from None
     where = f"/#/experiments/{exp.experiment_id}/runs" if exp else "/#/experiments"
     print(f"{base}{where}?workflowType=machine_learning", flush=True)
+    if cfg.registered_model:  # the registry page, in the same layout
+        print(f"{base}/#/models/{urllib.parse.quote(cfg.registered_model)}?workflowType=machine_learning", flush=True)
     if a.print_url or remote:
         return
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
