@@ -35,7 +35,6 @@ def test_batched_interval_agrees_with_the_per_resample_one(mnist, fresh_mnist, e
         assert width > 0
         # the same resamples: the ends agree far inside the 10 % the issue asks for
         assert abs(new[0] - old[0]) < 0.01 * width and abs(new[1] - old[1]) < 0.01 * width, (old, new)
-    assert m.fid_interval(worse, real, 60, 3)[0] > m.fid_interval(other, real, 60, 3)[1]
 
 
 def test_batched_fid_matches_torch_fidelity_per_pair():
