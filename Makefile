@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # pip's mirror set-up prints one warning per package it does not hold: keep the log readable
 QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup repro test test-fast bench plots server clean-venv
+.PHONY: setup repro quick test test-fast bench plots server clean-venv
 
 setup: $(STAMP)
 
@@ -26,6 +26,15 @@ $(STAMP): pyproject.toml
 repro: setup
 	$(BIN)/ganflow check params.yaml
 	$(BIN)/dvc repro
+
+# The whole pipeline at try-it-out size (a 1-epoch evaluator, 300 steps, 500 samples), as a DVC experiment
+# in a temp copy (`dvc exp run --temp`): the workspace, params.yaml and the model registry stay as they are;
+# `dvc exp show` lists it. Add your own changes: make quick S="train.lr_g=0.001 train.loss=non-saturating"
+QUICK := evaluator.epochs=1 train.steps=300 train.resume=false train.eval_every=0 train.sample_every=100 \
+	train.checkpoint_every=100 sample.n=500 evaluate.bootstrap=50 evaluate.inception=off evaluate.cas=off \
+	tracking.registered_model=null
+quick: setup
+	$(BIN)/dvc exp run --temp $(addprefix -S ,$(QUICK) $(S))
 
 # everything, as CI runs it (about 15 minutes on 2 cores)
 test: setup

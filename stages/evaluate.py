@@ -7,7 +7,7 @@ import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lo
 import argparse
 
 from ganflow.config import load_params
-from ganflow.evaluation import evaluate_folder
+from ganflow.evaluation import evaluate_folder, protocol_file, rounded
 from ganflow.io import save_grid, write_json
 from ganflow.stage import stage
 from ganflow.tracking import Tracker, policy
@@ -25,17 +25,20 @@ def main(argv: list[str]) -> None:
     ap.add_argument("per_class", help="output: per-class table (JSON)")
     ap.add_argument("pairs", help="output: the samples nearest a training image, above those images (PNG)")
     ap.add_argument("--grid", help="the sample grid, logged with the scores")
+    ap.add_argument("--protocol-out", help="output: the protocol's hash and fields (JSON; not a metrics file)")
     ap.add_argument("--run-out", help="output: the MLflow run ids (JSON), for `dvc exp show`")
     a = ap.parse_args(argv)
     params = load_params(a.params)
 
     tracker = Tracker(params.tracking)  # fails here, before any work, when the store is unusable
     report = evaluate_folder(a.samples, a.prepared, a.evaluator, params, params.sample.seed)
+    report.results, report.per_class = rounded(report.results), rounded(report.per_class)
     write_json(a.out, report.results)
     write_json(a.per_class, report.per_class)
+    if a.protocol_out:
+        write_json(a.protocol_out, protocol_file(report))
     save_grid(report.pairs, a.pairs, nrow=len(report.pairs) // 2)
-    run_ids = policy.evaluate_run(tracker, params, a.run_handle, report.results, report.per_class,
-                                  [a.out, a.grid, a.pairs, "dvc.lock"])
+    run_ids = policy.evaluate_run(tracker, params, a.run_handle, report, [a.out, a.protocol_out, a.grid, a.pairs, "dvc.lock"])
     if a.run_out:
         write_json(a.run_out, run_ids)
     print("  ".join(f"{k}={v:.4g}" for k, v in report.results.items() if isinstance(v, (int, float))))

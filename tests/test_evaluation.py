@@ -93,15 +93,17 @@ def test_a_one_class_generator_has_low_coverage_and_high_intra_class_fid(mnist, 
 @pytest.mark.stage
 def test_the_protocol_hash_changes_with_n_and_the_extractor(mnist, fresh_mnist, evaluator_file, tmp_path):
     x = fresh_mnist.images[:300]
-    base = run(x, mnist, evaluator_file).results
+    first = run(x, mnist, evaluator_file)
+    base = first.results | {"protocol_detail": first.protocol}
     assert run(x, mnist, evaluator_file).results["protocol"] == base["protocol"]  # stable
     assert run(x[:200], mnist, evaluator_file).results["protocol"] != base["protocol"]
     other = tmp_path / "evaluator.pt"
     model, info = evaluator.load(evaluator_file)
     model.head.bias.data += 0.01
     evaluator.save(model, other, info["accuracy"], info["data_sha256"], 28, EvaluatorConfig(**info["recipe"]), info["seed"])
-    changed = run(x, mnist, other).results
-    assert changed["protocol"] != base["protocol"]
+    report = run(x, mnist, other)
+    changed = report.results | {"protocol_detail": report.protocol}
+    assert changed["protocol"] != base["protocol"] and "protocol_detail" not in report.results
     assert changed["protocol_detail"]["classifier_weights_sha256"] != base["protocol_detail"]["classifier_weights_sha256"]
     for field in ("n_samples", "n_real", "sample_seed", "torch_fidelity", "classifier_resize", "reference", "heldout"):
         assert field in base["protocol_detail"]
@@ -139,7 +141,7 @@ def test_class_accuracy_score_trains_on_samples_and_tests_on_held_out(mnist, fre
     one = run(fresh_mnist.images[fresh_mnist.labels == 3][:500], mnist, evaluator_file, cfg)
     assert good.results["cas"] > 0.6 > 0.2 > one.results["cas"]
     assert 0 < good.results["cas_real"] <= 1
-    assert "cas" in good.per_class[0] and good.results["protocol_detail"]["cas"] != "off"
+    assert "cas" in good.per_class[0] and good.protocol["cas"] != "off"
 
 
 def _pngs(folder, images):
@@ -233,3 +235,25 @@ def test_the_generator_never_sees_the_held_out_images(tmp_path, mnist):
     trained_on = torch.load(outs[0], weights_only=True)["data_sha256"]
     assert trained_on == content_hash(mnist.subset(train)) != content_hash(mnist)
     assert len(heldout) == 100 and len(train) == 900
+
+
+def test_compare_reads_the_protocol_beside_eval_json(project, tmp_path):
+    """The evaluate stage writes the protocol's fields to protocol.json beside eval.json (not a metrics file):
+    compare names the differing fields from there, and only when that file holds the same protocol hash
+    (else the eval.json is refused: its scores' protocol cannot be checked)."""
+    from ganflow.evaluation import PROTOCOL_FILE
+
+    ev = ("--prepared", project / "data/prepared", "--evaluator", project / "evaluator.pt")
+    for name in "ac":
+        out = tmp_path / name / "eval.json"
+        out.parent.mkdir()
+        assert ganflow("evaluate", "--samples", project / name, *ev, "--out", out, cwd=tmp_path).returncode == 0
+        full = json.loads(out.read_text())
+        out.write_text(json.dumps({k: v for k, v in full.items() if k != "protocol_detail"}))
+        (out.parent / PROTOCOL_FILE).write_text(json.dumps({"protocol": full["protocol"], "protocol_detail": full["protocol_detail"]}))
+    r = ganflow("compare", tmp_path / "a/eval.json", tmp_path / "c/eval.json", cwd=tmp_path)
+    assert r.returncode == 1 and "n_samples: 200 vs 100" in r.stderr
+    (tmp_path / "c" / PROTOCOL_FILE).write_text(json.dumps({"protocol": "another", "protocol_detail": {"n_samples": 1}}))
+    r = ganflow("compare", tmp_path / "a/eval.json", tmp_path / "c/eval.json", cwd=tmp_path)
+    # a stale protocol.json is not read: without the fields its hash stands for, the file is refused
+    assert r.returncode == 1 and f"{tmp_path / 'c/eval.json'}: no protocol and protocol_detail" in r.stderr

@@ -69,7 +69,8 @@ def test_rgb_folder_runs_every_stage_unlabelled(tmp_path, resolution):
     assert meta["labelled"] is False and meta["shape"] == [3, resolution, resolution]
     ev = json.loads((root / "metrics/eval.json").read_text())
     assert "fid_simclr" in ev and "memorized_share_simclr" in ev and not any(k.endswith("_classifier") for k in ev)
-    assert ev["protocol_detail"]["labelled"] is False and f"resized to {resolution}" in ev["protocol_detail"]["prepare"]
+    proto = json.loads((root / "metrics/protocol.json").read_text())["protocol_detail"]
+    assert proto["labelled"] is False and f"resized to {resolution}" in proto["prepare"]
     assert "fid_simclr" in (root / "metrics/fid_curve.tsv").read_text().splitlines()[0]
     for png in ("real_grid", "train_grid", "sample_grid", "nearest_pairs"):
         g = np.asarray(Image.open(root / f"metrics/{png}.png")).astype(int)

@@ -74,3 +74,12 @@ def test_50k_samples_stream_with_bounded_memory(tmp_path):
     assert "s per 1,000 images" in p.stdout.read()
     assert len(list((tmp_path / "samples").iterdir())) == 50_000
     assert 0 < peak < 2 * 2**30, f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+def test_grid_columns_make_full_square_ish_grids():
+    from ganflow.sampling import grid_columns
+
+    assert [grid_columns(n) for n in (1, 7, 12, 20, 60, 64, 100, 1024)] == [1, 7, 4, 5, 10, 8, 10, 32]
+    for n in range(1, 200):
+        c = grid_columns(n)
+        assert n % c == 0 and c * c >= n  # full rows, at least as wide as tall

@@ -109,7 +109,7 @@ def test_evaluate_reports_the_benchmark_in_the_stacked_digit_space(digit_evaluat
     r = report.results
     assert r["modes_stacked"] > 600 and r["modes_stacked_real"] > 600  # 1,000 samples: ~632 modes expected
     assert r["fid_classifier"] < 5 and "fid_intra_classifier" not in r
-    assert "stacked" in r["protocol_detail"] and "stacked digits" in r["protocol_detail"]["classifier_space"]
+    assert "stacked" in report.protocol and "stacked digits" in report.protocol["classifier_space"]
     assert len(report.per_class) == 1000
 
 
@@ -131,4 +131,4 @@ def test_stacked_mnist_through_the_whole_pipeline_with_dvc_repro(tmp_path):
     assert {"modes_stacked", "kl_stacked", "modes_stacked_real", "kl_stacked_real", "fid_classifier"} <= set(ev)
     n = ev["n_samples"]  # 128: real stacks hit ~ 1000 · (1 - e^(-n/1000)) = 120 modes
     assert 1 <= ev["modes_stacked"] <= n and 100 < ev["modes_stacked_real"] <= n
-    assert "stacked" in ev["protocol_detail"]
+    assert "stacked" in json.loads((root / "metrics/protocol.json").read_text())["protocol_detail"]

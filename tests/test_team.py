@@ -75,10 +75,12 @@ def test_sample_from_a_generator_file_and_from_a_registered_model(tmp_path, mnis
     import numpy as np
 
     a, b = (torch.from_numpy(np.array(Image.open(tmp_path / f))) for f in ("a.png", "b.png"))
-    assert a.shape == b.shape == (2 * 30 + 2, 10 * 30 + 2, 3)  # 2 rows of 10 (make_grid draws RGB)
+    assert a.shape == b.shape == (4 * 30 + 2, 5 * 30 + 2, 3)  # 4 full rows of 5 (make_grid draws RGB)
+    main(["sample", "--model", str(tmp_path / "generator.pt"), "-n", "64", "--out", str(tmp_path / "c.png")])
+    assert np.array(Image.open(tmp_path / "c.png")).shape == (8 * 30 + 2, 8 * 30 + 2, 3)  # 8 × 8, no partial row
     assert (a.float() - b.float()).abs().max() <= 1  # the same images, through the exported graph
     with pytest.raises(SystemExit):
-        main(["sample", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "c.png")])
+        main(["sample", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "d.png")])
 
 
 def test_ui_link_opens_the_model_training_layout(capsys):
@@ -87,4 +89,6 @@ def test_ui_link_opens_the_model_training_layout(capsys):
     t.end()
     exp_id = MlflowClient().get_run(t.run_id).info.experiment_id
     main(["ui", "--params", str(ROOT / "params.yaml"), "--print-url", "--port", "5123"])
-    assert capsys.readouterr().out.strip() == f"http://127.0.0.1:5123/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    runs, registry = capsys.readouterr().out.strip().splitlines()
+    assert runs == f"http://127.0.0.1:5123/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    assert registry == "http://127.0.0.1:5123/#/models/ganflow-generator?workflowType=machine_learning"

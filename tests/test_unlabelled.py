@@ -191,14 +191,15 @@ def test_unlabelled_evaluation_names_the_space_and_skips_class_metrics(hidden, t
     assert keys == {f"{stem}_simclr" for stem in ("fid", "fid_low", "fid_high", "kid", "kid_std", "precision", "recall",
                     "density", "coverage", "fid_train", "fid_heldout", "fid_train_heldout_ratio", "memorized_share",
                     "nn_distance_ratio")}
-    detail = rep.results["protocol_detail"]
+    detail = rep.protocol
     assert detail["feature_spaces"] == "simclr" and detail["labelled"] is False and detail["prepare"] == "stated"
     assert rep.per_class == [] and rep.pairs.shape == (16, 1, 28, 28)
     assert "IS, class coverage, class KL, intra-class FID and CAS skipped: they need classes" in caplog.text
 
-    both = evaluate(samples, ds, path, None, CFG, CPU, 1).results  # labelled, evaluator.space: both
+    both_report = evaluate(samples, ds, path, None, CFG, CPU, 1)  # labelled, evaluator.space: both
+    both = both_report.results
     assert {"fid_classifier", "is_classifier", "class_coverage", "fid_simclr", "memorized_share_simclr"} <= set(both)
     assert both["fid_simclr"] == pytest.approx(rep.results["fid_simclr"])  # the same space, whatever the labels
-    assert both["protocol_detail"]["feature_spaces"] == "classifier,simclr"
+    assert both_report.protocol["feature_spaces"] == "classifier,simclr"
     assert metrics.primary_space(tmp_path / "enc.pt") == "simclr" and metrics.primary_space(path) == "classifier"
     assert json.dumps(rep.results)  # eval.json-ready

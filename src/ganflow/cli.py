@@ -33,12 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("params", nargs="?", default="params.yaml")
     runs = sub.add_parser("runs", help="list the MLflow runs of the experiment: id, name, key params, scores")
     runs.add_argument("--params", default="params.yaml", help="where tracking.* is read (store, experiment)")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--limit", type=int, default=20, help="the most recent runs listed (default 20)")
     sample = sub.add_parser("sample", help="draw a grid of samples from a registered model or a generator file")
     sample.add_argument("--model", required=True, help="models:/ganflow-generator@champion, runs:/ID/generator, or models/generator.pt")
     sample.add_argument("-n", type=int, default=64, help="images (1 to 1024)")
     sample.add_argument("--seed", type=int, default=1, help="image i depends on (seed, i) only")
-    sample.add_argument("--out", type=Path, default=Path("grid.png"))
+    sample.add_argument("--out", type=Path, default=Path("grid.png"),
+                        help="the PNG written: a full, square-ish grid (64 -> 8 × 8) (default grid.png)")
     sample.add_argument("--params", default="params.yaml", help="where tracking.* is read for models:/ URIs")
     ui = sub.add_parser("ui", help="serve the MLflow UI of the project's store on 127.0.0.1 and print the experiment's link")
     ui.add_argument("--params", default="params.yaml")
@@ -111,7 +112,7 @@ def sample_grid(a) -> None:
 
     from ganflow.io import save_grid
     from ganflow.pixels import to_uint8
-    from ganflow.sampling import latents
+    from ganflow.sampling import grid_columns, latents
 
     if not 1 <= a.n <= 1024:
         raise GanflowError(f"-n must be between 1 and 1024, got {a.n}")
@@ -142,13 +143,14 @@ def sample_grid(a) -> None:
 
         G, _ = load_generator(a.model)
         images = generate(G, a.seed, 0, a.n)
-    save_grid(images, a.out, nrow=min(10, a.n) if a.n >= 10 else a.n)
+    save_grid(images, a.out, nrow=grid_columns(a.n))
     print(f"wrote {a.n} samples of {a.model} to {a.out}")
 
 
 def evaluate_folder(a) -> None:
     import logging
 
+    from ganflow import metrics
     from ganflow.config import Params, load_params
     from ganflow.evaluation import evaluate_folder as evaluate
     from ganflow.io import write_json
@@ -156,10 +158,11 @@ def evaluate_folder(a) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     params = load_params(a.params) if Path(a.params).is_file() else Params()
     report = evaluate(a.samples, a.prepared, a.evaluator, params, a.seed)
+    results = report.results | {metrics.KEY_PROTOCOL_DETAIL: report.protocol}  # self-contained, for compare
     if a.out:
-        write_json(a.out, report.results)
+        write_json(a.out, results)
     else:
-        print(json.dumps(report.results, indent=2, sort_keys=True))
+        print(json.dumps(results, indent=2, sort_keys=True))
 
 
 def compare(a) -> None:
@@ -183,15 +186,19 @@ def serve_ui(a) -> None:
     """The UI opens in its GenAI layout unless the link asks for the model-training one (MLflow 3 keeps that
     choice per browser): print such a link, then serve the local store (a server's URL is only printed)."""
     import os
+    import urllib.parse
 
     from ganflow.config import load_params
     from ganflow.tracking import store
 
-    uri, exp_id = store.find_experiment(load_params(a.params).tracking)
+    cfg = load_params(a.params).tracking
+    uri, exp_id = store.find_experiment(cfg)
     remote = store.is_remote(uri)
     base = uri.rstrip("/") if remote else f"http://127.0.0.1:{a.port}"
     where = f"/#/experiments/{exp_id}/runs" if exp_id else "/#/experiments"
     print(f"{base}{where}?workflowType=machine_learning", flush=True)
+    if cfg.registered_model:  # the registry page, in the same layout
+        print(f"{base}/#/models/{urllib.parse.quote(cfg.registered_model)}?workflowType=machine_learning", flush=True)
     if a.print_url or remote:
         return
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,

@@ -29,13 +29,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("ganflow.evaluation")
 SEED = m.TF_DEFAULTS["rng_seed"]  # every resample and subset of the protocol draws from it
 N_PAIRS = 8  # sample/training pairs shown in nearest_pairs.png
+DIGITS = 6  # significant digits of the floats written to eval.json and per_class.json
+PROTOCOL_FILE = "protocol.json"  # beside eval.json: the protocol's fields (DVC does not read it as metrics)
 
 
 @dataclass
 class Report:
-    results: dict[str, Any]  # metrics/eval.json: scores, N, the protocol hash and its fields
+    results: dict[str, Any]  # metrics/eval.json: scores, N and the protocol hash
+    protocol: dict[str, Any]  # metrics/protocol.json: the fields the hash is of (not a metrics file)
     per_class: list[dict[str, Any]]  # metrics/per_class.json: one row per class
     pairs: torch.Tensor  # uint8 2k×C×H×W: the k samples nearest a training image, then those images
+
+
+def rounded(obj: Any, digits: int = DIGITS) -> Any:
+    """Floats (nested in dicts and lists too) to `digits` significant digits: what the result files hold.
+    The last bits of a float sum depend on how BLAS and torch split it over threads, so unrounded
+    scores differ at ~1e-11 between machines and re-runs and would dirty `git status` for nothing."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
+def protocol_file(report: Report) -> dict[str, Any]:
+    """metrics/protocol.json: the protocol's hash and its fields, read back by `load_results`."""
+    return {m.KEY_PROTOCOL: report.results[m.KEY_PROTOCOL], m.KEY_PROTOCOL_DETAIL: report.protocol}
 
 
 def protocol_hash(protocol: dict[str, Any]) -> str:
@@ -133,14 +154,14 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
     if inception is not None:
         protocol |= {"inception_extractor": m.INCEPTION_EXTRACTOR, "inception_weights_sha256": m.file_sha256(inception)[:16],
                      "inception_resize": m.RESIZE["inception"]}
-    results |= {m.KEY_PROTOCOL: protocol_hash(protocol), m.KEY_PROTOCOL_DETAIL: protocol}
+    results[m.KEY_PROTOCOL] = protocol_hash(protocol)
     if n < m.UNBIASED_FROM:
         log.warning("only %d samples: FID is biased below %d; compare FIDs only at equal N", n, m.UNBIASED_FROM)
 
     closest = nn_dist.argsort()[:N_PAIRS]
     pairs = torch.cat([torch.stack([samples[int(i)] for i in closest]),
                        torch.from_numpy(ds.images[train[nn_index[closest].numpy()]])])
-    return Report(results, per_class, pairs)
+    return Report(results, protocol, per_class, pairs)
 
 
 def class_scores(samples: Dataset, ds: ImageSet, feats: tuple[m.Features, m.Features], covered: torch.Tensor,
@@ -200,8 +221,9 @@ MAX_RESULTS_BYTES = 10 << 20  # an eval.json is a few kB
 
 def load_results(path: str | Path) -> dict[str, Any]:
     """An eval.json, checked: a regular file of at most MAX_RESULTS_BYTES holding a JSON object whose
-    `protocol` is the hash of its `protocol_detail` (recomputed here: an edited protocol, or a hash
-    copied from another file, is refused). Anything else is one GanflowError naming the file."""
+    `protocol` is the hash of its `protocol_detail` (its own, as `ganflow evaluate --out` writes it, or
+    that of the protocol.json beside it, as the evaluate stage writes them), recomputed here: an edited
+    protocol, or a hash copied from another file, is refused. Anything else is one GanflowError naming the file."""
     path = Path(path)
     try:
         if not path.is_file():
@@ -217,9 +239,18 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise GanflowError(f"{path}: not valid JSON ({type(err).__name__})") from None
     if not isinstance(results, dict):
         raise GanflowError(f"{path}: holds a JSON {type(results).__name__}, not an eval.json's object (per_class.json is a table)")
+    beside = path.with_name(PROTOCOL_FILE)  # the evaluate stage's eval.json holds the hash, protocol.json the fields
+    if m.KEY_PROTOCOL_DETAIL not in results and beside.is_file() and beside.stat().st_size <= MAX_RESULTS_BYTES:
+        try:
+            proto = json.loads(beside.read_bytes())
+        except (ValueError, RecursionError):
+            proto = None
+        if isinstance(proto, dict) and proto.get(m.KEY_PROTOCOL) == results.get(m.KEY_PROTOCOL):
+            results[m.KEY_PROTOCOL_DETAIL] = proto.get(m.KEY_PROTOCOL_DETAIL)
     detail, claimed = results.get(m.KEY_PROTOCOL_DETAIL), results.get(m.KEY_PROTOCOL)
     if not isinstance(detail, dict) or not isinstance(claimed, str):
-        raise GanflowError(f"{path}: no {m.KEY_PROTOCOL} and {m.KEY_PROTOCOL_DETAIL} (not an eval.json of ganflow evaluate)")
+        raise GanflowError(f"{path}: no {m.KEY_PROTOCOL} and {m.KEY_PROTOCOL_DETAIL} (not an eval.json of ganflow evaluate, "
+                           f"nor one with its {PROTOCOL_FILE} beside it)")
     if protocol_hash(detail) != claimed:
         raise GanflowError(f"{path}: its {m.KEY_PROTOCOL} {claimed!r} is not the hash of its {m.KEY_PROTOCOL_DETAIL} "
                            f"({protocol_hash(detail)}): the file was edited; refused")
@@ -227,7 +258,8 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 
 def comparable(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """The protocol fields in which two eval.json results differ (empty: their scores compare)."""
+    """The protocol fields in which two results differ (empty: their scores compare). Each is an
+    eval.json's dict, with the protocol's fields under protocol_detail when they are known."""
     pa, pb = a.get(m.KEY_PROTOCOL_DETAIL, {}), b.get(m.KEY_PROTOCOL_DETAIL, {})
     if a.get(m.KEY_PROTOCOL) == b.get(m.KEY_PROTOCOL) and a.get(m.KEY_PROTOCOL):
         return []

@@ -72,6 +72,12 @@ def class_grid(G: torch.nn.Module, seed: int, device="cpu", classes: list[int] |
     return to_uint8(G(z, y)).cpu()
 
 
+def grid_columns(n: int) -> int:
+    """Columns of a full, square-ish grid of n images: the smallest divisor of n that is at least √n
+    (64 -> 8 × 8, 60 -> 10 × 6, 7 -> one row of 7), so no row is left partly empty."""
+    return next(c for c in range(max(1, int(np.ceil(np.sqrt(n)))), n + 1) if n % c == 0)
+
+
 def batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
     """(start, stop) ranges of about batch_size images, aligned to BLOCK so no block is computed twice."""
     step = max(BLOCK, batch_size - batch_size % BLOCK)

@@ -169,13 +169,14 @@ def _user() -> str | None:
         return None
 
 
-def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, results: dict[str, Any],
-                 per_class: list[dict[str, Any]], artifacts: list[str | Path | None]) -> dict[str, str | None]:
+def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, report: Any,
+                 artifacts: list[str | Path | None]) -> dict[str, str | None]:
     """The evaluate stage's run: the scores go into the run that trained the model, unless that run
     already holds the scores of other sample/evaluate params (another experiment's): then into a new
     run nested under it, never over them. With the scores: the sample/evaluate params, `artifacts`
     (those that exist), the protocol as tags, the per-class table; the trained model version is
-    promoted when it beats the champion. Returns the run ids, for `dvc exp show`."""
+    promoted when it beats the champion. `report`: an evaluation.Report. Returns the run ids, for `dvc exp show`."""
+    results, per_class = report.results, report.per_class
     train_run = read_handle(run_handle)
     if tracker.enabled:
         scores = {k: v for k, v in results.items() if isinstance(v, (int, float))}
@@ -189,8 +190,7 @@ def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, resul
         status = promote(tracker, train_run, scores, fid_key, metrics.KEY_N_SAMPLES)
         if status:
             log.info("registered generator of run %s: %s", train_run, status)
-        protocol = results[metrics.KEY_PROTOCOL_DETAIL]
-        tracker.set_tags({f"protocol.{k}": str(v) for k, v in protocol.items()} | {"protocol": results[metrics.KEY_PROTOCOL]})
+        tracker.set_tags({f"protocol.{k}": str(v) for k, v in report.protocol.items()} | {"protocol": results[metrics.KEY_PROTOCOL]})
         tracker.log_table(per_class, "per_class.json")
         tracker.end()
     return {"mlflow_run_id": tracker.run_id, "mlflow_train_run_id": train_run}

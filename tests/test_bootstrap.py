@@ -1,0 +1,57 @@
+"""The FID bootstrap interval: the batched computation against the one it replaced (one np.cov and
+one torch-fidelity FID per resample), on the classifier's real features."""
+
+import numpy as np
+import torch
+
+from ganflow import metrics as m
+from ganflow.config import EvaluateConfig
+
+CFG = EvaluateConfig(inception="off", batch_size=100)
+CPU = torch.device("cpu")
+
+
+def reference_interval(fake: torch.Tensor, real: torch.Tensor, reps: int, seed: int) -> tuple[float, float]:
+    """The interval as ganflow computed it before (commit 81415d4): rows indexed per resample."""
+    point = m.fid(fake, real)
+    rng = np.random.default_rng(seed)
+    boot = [m.fid(fake[torch.from_numpy(rng.integers(0, len(fake), len(fake)))],
+                  real[torch.from_numpy(rng.integers(0, len(real), len(real)))]) for _ in range(reps)]
+    lo, hi = np.quantile(boot, [(1 - m.CONFIDENCE) / 2, (1 + m.CONFIDENCE) / 2])
+    return 2 * point - float(hi), 2 * point - float(lo)
+
+
+def test_batched_interval_agrees_with_the_per_resample_one(mnist, fresh_mnist, evaluator_file):
+    real = m.real_features(mnist.images, "classifier", evaluator_file, CFG, CPU).emb
+    other = m.extract(fresh_mnist.images[:400], "classifier", evaluator_file, CFG, CPU).emb
+    # a worse "generator": real digits with a quarter of their pixels zeroed, so FID is well above 0
+    damaged = fresh_mnist.images[400:800].copy()
+    damaged[:, :, ::2, ::2] = 0
+    worse = m.extract(damaged, "classifier", evaluator_file, CFG, CPU).emb
+    for fake in (other, worse):
+        old = reference_interval(fake, real, 60, 3)
+        new = m.fid_interval(fake, real, 60, 3)
+        width = old[1] - old[0]
+        assert width > 0
+        # the same resamples: the ends agree far inside the 10 % the issue asks for
+        assert abs(new[0] - old[0]) < 0.01 * width and abs(new[1] - old[1]) < 0.01 * width, (old, new)
+
+
+def test_batched_fid_matches_torch_fidelity_per_pair():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 16, generator=g) @ torch.randn(16, 16, generator=g)
+    b = torch.randn(200, 16, generator=g) @ torch.randn(16, 16, generator=g) + 0.5
+    idx = [np.arange(len(a)), np.random.default_rng(1).integers(0, len(a), len(a))]
+    mu_a, cov_a = m._resampled_stats(a, idx)
+    mu_b, cov_b = m._resampled_stats(b, [np.arange(len(b))] * 2)
+    batched = m._fid_batch(mu_a, cov_a, mu_b, cov_b)
+    for i, rows in enumerate(idx):
+        np.testing.assert_allclose(float(batched[i]), m.fid(a[torch.from_numpy(rows)], b), rtol=1e-6)
+
+
+def test_rank_deficient_features_give_a_finite_interval():
+    """Fewer samples than dimensions (singular covariances): no NaN, as with torch-fidelity's complex sqrt."""
+    g = torch.Generator().manual_seed(0)
+    fake, real = torch.relu(torch.randn(20, 32, generator=g)), torch.relu(torch.randn(50, 32, generator=g))
+    lo, hi = m.fid_interval(fake, real, 30, 0)
+    assert np.isfinite([lo, hi]).all() and lo < hi
