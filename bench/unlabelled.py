@@ -1,5 +1,5 @@
 """Validation of the label-free (SimCLR) feature space on mnist-5k with its labels hidden: the table in
-docs/_incoming/unlabelled.md, and the helpers tests/test_unlabelled.py asserts the same properties with.
+docs/unlabelled.md, and the helpers tests/test_unlabelled.py asserts the same properties with.
 
     python bench/unlabelled.py [--out bench/out/unlabelled.json] [--steps 1000] [--n 1000]
 

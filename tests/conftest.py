@@ -39,13 +39,14 @@ TIERS = ("unit", "stage", "dvc")
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by mark
 def pytest_collection_modifyitems(config, items):
-    """Every test gets exactly one tier: its own mark, or its module's, or unit."""
+    """Every test gets exactly one tier: its own mark, or its module's, else dvc when it is marked slow
+    (the heavy subprocess tier: real dvc, torchrun, a tracking server), else unit."""
     for item in items:
         tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
         if len(tiers) > 1:
             raise pytest.UsageError(f"{item.nodeid}: more than one tier mark ({', '.join(sorted(tiers))})")
         if not tiers:
-            item.add_marker("unit")
+            item.add_marker("dvc" if item.get_closest_marker("slow") else "unit")
 
 
 @pytest.fixture(autouse=True)

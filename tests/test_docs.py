@@ -7,7 +7,6 @@ import pytest
 
 from conftest import ROOT
 
-# docs/_incoming/ holds text other branches hand in for the README: not yet placed, not checked
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT, dvc, make_project, sh
 
-# The README's compare recipe (docs/_incoming/team.md): the changed params, the headline scores, no hashes
+# The README's compare recipe (docs/team.md): the changed params, the headline scores, no hashes
 RECIPE = ["exp", "show", "--only-changed", "--drop", ".*/|samples$|Created|.*_std_|protocol$|mlflow_",
           "--keep", "fid_classifier|fid_low|fid_high|precision_classifier|recall_classifier|n_samples",
           "--sort-by", "fid_classifier", "--csv"]

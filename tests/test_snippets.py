@@ -70,7 +70,7 @@ def test_the_parser_finds_marked_blocks_only(tmp_path):
     md = tmp_path / "x.md"
     found = snippets("<!-- test: run -->\n\n```bash\necho a\n```\n```bash\necho b\n```\n<!-- test: run -->\ntext\n"
                      "```python\nprint(1)\n```\n<!-- test: run -->\n```text\nnot code\n```\n<!-- test: run -->\n```py\nx = 1\n```\n", md)
-    assert [(s.line, s.lang, s.code) for s in found] == [(3, "bash", "echo a"), (17, "python", "x = 1")]
+    assert [(s.line, s.lang, s.code) for s in found] == [(3, "bash", "echo a"), (19, "python", "x = 1")]
     assert ALL, "no documentation block is marked <!-- test: run -->"
 
 
@@ -96,6 +96,7 @@ def project(tmp_path_factory):
     return root, env
 
 
+@pytest.mark.stage
 @pytest.mark.slow
 @pytest.mark.parametrize("snippet", ALL, ids=str)
 def test_documented_example_runs(snippet: Snippet, project):

@@ -1,6 +1,6 @@
 """Unlabelled data (flat folders) and the label-free SimCLR feature space: the folder rule, bad input,
 the extractor as torch-fidelity sees it, evaluation in the space, and the validation properties of
-docs/_incoming/unlabelled.md (floor, monotone FD, rank agreement with the classifier space), asserted
+docs/unlabelled.md (floor, monotone FD, rank agreement with the classifier space), asserted
 on an encoder fitted once per session with a few epochs (bench/unlabelled.py has the full budget)."""
 
 import json
