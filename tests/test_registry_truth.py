@@ -1,0 +1,115 @@
+"""Issue 21, registry truth: a version's tags are its own training run's evaluation at that run's own
+sample/evaluate params; evaluations under other params, or from another clone, get runs of their own,
+named and described; the champion is decided at equal protocol (also by `ganflow champion`)."""
+
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from conftest import ROOT
+from ganflow import tracking
+from ganflow.cli import main
+from ganflow.config import TrackingConfig, flatten, parse_params
+from ganflow.evaluation import Report
+from ganflow.io import write_json
+from ganflow.tracking import policy
+
+MODEL = "ganflow-generator"
+
+
+def trained(tmp_path: Path, name: str, n: int = 400) -> Path:
+    """A finished training run of this project, with a registered version and its params (sample.n = n)."""
+    t = tracking.Tracker(TrackingConfig())
+    t.start(name=name, tags={tracking.TAG_PROJECT: str(tracking.project_root())})
+    t.log_params(flatten(parse_params({"sample": {"n": n}})))
+    client = MlflowClient()
+    if not client.search_registered_models(f"name='{MODEL}'"):
+        client.create_registered_model(MODEL)
+    client.create_model_version(MODEL, source=f"runs:/{t.run_id}/generator", run_id=t.run_id)
+    t.end()
+    handle = tmp_path / f"{name}.json"
+    write_json(handle, {"run_id": t.run_id, "store": "local"})
+    return handle
+
+
+def evaluate(handle: Path, fid: float, n: int = 400, protocol: str = "p400") -> dict:
+    report = Report({"fid_classifier": fid, "n_samples": n, "protocol": protocol},
+                    {"n_samples": n, "data_sha256": "d" * 16, "classifier_weights_sha256": "e" * 16}, [], None)
+    return policy.evaluate_run(tracking.Tracker(TrackingConfig()), parse_params({"sample": {"n": n}}), handle, report, [])
+
+
+def version(run_id: str):
+    client = MlflowClient()
+    return client.get_model_version(MODEL, client.search_model_versions(f"name='{MODEL}' and run_id='{run_id}'")[0].version)
+
+
+def test_an_evaluation_at_other_params_leaves_the_version_alone_and_names_its_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    handle = trained(tmp_path, "baseline")
+    own = evaluate(handle, 231.18)
+    train_run = own["mlflow_train_run_id"]
+    assert own["mlflow_run_id"] == train_run  # its own evaluation: into the training run
+    before = version(train_run)
+    assert before.tags["fid_classifier"] == "231.18" and before.tags["protocol"] == "p400"
+    assert before.aliases == [tracking.CHAMPION]
+
+    other = evaluate(handle, 231.16, n=200, protocol="p200")  # `dvc exp run -S sample.n=200`
+    assert other["mlflow_run_id"] != train_run
+    assert version(train_run).tags == before.tags  # untouched
+    run = MlflowClient().get_run(other["mlflow_run_id"])
+    tags = run.data.tags
+    assert run.info.run_name == "evaluate of baseline"
+    assert tags[tracking.TAG_PARENT] == train_run and tags[tracking.TAG_TRAIN_RUN] == train_run
+    assert "sample.n: 400 -> 200" in tags[tracking.TAG_NOTE]
+    assert tags[tracking.TAG_EVAL_DATA] == "d" * 16 and tags[tracking.TAG_EVALUATOR] == "e" * 16
+    assert run.data.metrics["n_samples"] == 200 and MlflowClient().get_run(train_run).data.metrics["n_samples"] == 400
+
+
+def test_another_clone_never_writes_into_the_training_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    handle = trained(tmp_path, "colleague")
+    train_run = evaluate(handle, 100.0)["mlflow_train_run_id"]
+    before, history = version(train_run).tags, MlflowClient().get_metric_history(train_run, "fid_classifier")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "my-clone"))  # a teammate's clone, the same store
+    mine = evaluate(handle, 100.5)  # same params: a forced re-evaluation
+    assert mine["mlflow_run_id"] != train_run
+    assert MlflowClient().get_metric_history(train_run, "fid_classifier") == history  # no second point
+    assert version(train_run).tags == before
+    run = MlflowClient().get_run(mine["mlflow_run_id"])
+    assert run.info.run_name == "evaluate of colleague" and "another clone" in run.data.tags[tracking.TAG_NOTE]
+    assert run.data.tags[tracking.TAG_TRAIN_RUN] == train_run
+
+
+def test_a_run_the_store_lacks_gets_a_named_fallback_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "small-n")
+    handle = tmp_path / "run.json"
+    write_json(handle, {"run_id": "0" * 32, "store": "local"})
+    run_id = evaluate(handle, 50.0)["mlflow_run_id"]
+    run = MlflowClient().get_run(run_id)
+    assert run.info.run_name == "small-n" and run.data.tags[tracking.TAG_TRAIN_RUN] == "0" * 32
+    assert "not in this store" in run.data.tags[tracking.TAG_NOTE] and tracking.TAG_PARENT not in run.data.tags
+
+
+def test_champion_is_decided_at_equal_protocol_and_re_decided_by_the_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    runs = []
+    for name, fid, protocol in [("a", 200.0, "p1"), ("b", 100.0, "p2"), ("c", 150.0, "p1")]:
+        handle = trained(tmp_path, name)
+        runs.append(evaluate(handle, fid, protocol=protocol)["mlflow_train_run_id"])
+    client = MlflowClient()
+    assert client.get_model_version_by_alias(MODEL, tracking.CHAMPION).run_id == runs[2]  # c beats a under p1
+    assert version(runs[1]).tags[tracking.TAG_STATUS] == "candidate"  # b: another protocol, not compared
+
+    params = str(ROOT / "params.yaml")
+    main(["champion", "--params", params, "--protocol", "p2"])  # a dry run
+    out = capsys.readouterr().out
+    assert "dry run" in out and client.get_model_version_by_alias(MODEL, tracking.CHAMPION).run_id == runs[2]
+    table = [line.split() for line in out.splitlines()]
+    assert table[0][:5] == ["version", "run", "protocol", "n", "fid_classifier"]
+    assert {row[1] for row in table[1:4]} == {r[:12] for r in runs}
+    main(["champion", "--params", params, "--protocol", "p2", "--apply"])
+    assert client.get_model_version_by_alias(MODEL, tracking.CHAMPION).run_id == runs[1]
+    assert version(runs[2]).tags[tracking.TAG_STATUS] == "candidate"
+    main(["champion", "--params", params, "--apply"])  # default: the newest scored version's protocol (p1)
+    assert client.get_model_version_by_alias(MODEL, tracking.CHAMPION).run_id == runs[2]
