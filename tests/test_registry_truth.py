@@ -58,7 +58,7 @@ def test_an_evaluation_at_other_params_leaves_the_version_alone_and_names_its_ru
     assert version(train_run).tags == before.tags  # untouched
     run = MlflowClient().get_run(other["mlflow_run_id"])
     tags = run.data.tags
-    assert run.info.run_name == "evaluate of baseline"
+    assert run.info.run_name == "evaluate of baseline · n=200"
     assert tags[tracking.TAG_PARENT] == train_run and tags[tracking.TAG_TRAIN_RUN] == train_run
     assert "sample.n: 400 -> 200" in tags[tracking.TAG_NOTE]
     assert tags[tracking.TAG_EVAL_DATA] == "d" * 16 and tags[tracking.TAG_EVALUATOR] == "e" * 16
@@ -113,3 +113,33 @@ def test_champion_is_decided_at_equal_protocol_and_re_decided_by_the_command(tmp
     assert version(runs[2]).tags[tracking.TAG_STATUS] == "candidate"
     main(["champion", "--params", params, "--apply"])  # default: the newest scored version's protocol (p1)
     assert client.get_model_version_by_alias(MODEL, tracking.CHAMPION).run_id == runs[2]
+
+
+def test_a_resumed_run_gets_the_grids_logged_before_the_resume(tmp_path, monkeypatch):
+    """Issue 21: the images the interrupted run logged by step (up to the resume) are copied into the new run."""
+    import numpy as np
+
+    from ganflow.tracking.run import image_step
+
+    monkeypatch.chdir(tmp_path)
+    first = tracking.Tracker(TrackingConfig())
+    first.start(name="killed")
+    for step in (0, 10, 20, 30):  # killed after step 30, resumed from the checkpoint at step 20
+        first.log_image(np.full((8, 8, 3), step, np.uint8), "train_grid", step)
+    first.end("KILLED")
+    second = tracking.Tracker(TrackingConfig())
+    second.start(name="resumed")
+    assert second.copy_step_images(first.run_id, 20) == 6  # each step: the PNG and MLflow's compressed copy
+    second.end()
+    client = MlflowClient()
+    steps = sorted({image_step(a.path) for a in client.list_artifacts(second.run_id, "images")})
+    assert steps == [0, 10, 20]
+    assert client.get_run(second.run_id).data.tags[tracking.TAG_LOGGED_IMAGES] == "True"
+    png = next(a.path for a in client.list_artifacts(second.run_id, "images") if "+step+10+" in a.path and a.path.endswith(".png"))
+    from PIL import Image
+
+    assert np.array(Image.open(client.download_artifacts(second.run_id, png, str(tmp_path)))).max() == 10
+    other = tracking.Tracker(TrackingConfig())
+    other.start()
+    assert other.copy_step_images("0" * 32, 20) == 0  # a run this store lacks: nothing, no error
+    other.end()

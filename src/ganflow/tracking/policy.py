@@ -89,6 +89,8 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
         tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed["step"])})
         for rows, columns in history:
             tracker.log_history(rows, columns)
+        if previous:  # its sample grids up to the resume: the image slider starts at step 0 again
+            tracker.copy_step_images(previous, trainer.resumed["step"])
     trainer.extra["run_id"] = tracker.run_id
     try:
         summary = train(hooks)
@@ -237,14 +239,16 @@ def _scores_run(train_run: str | None, run: Any, mine: dict[str, Any], report: A
     import os
 
     train_name = run.data.tags.get("mlflow.runName", train_run) if run else train_run
-    name = os.environ.get("DVC_EXP_NAME") or f"evaluate of {train_name}"
+    changed = {k: v for k, v in mine.items() if run and run.data.params.get(k) != str(v)}
+    name = os.environ.get("DVC_EXP_NAME") or f"evaluate of {train_name}" + (
+        " · " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in changed.items()) if changed else "")
     if run is None:
         why = f"the training run {train_run} is not in this store"
     elif run.data.tags.get(TAG_PROJECT) != str(project_root()):
         why = f"the training run belongs to another clone ({run.data.tags.get(TAG_PROJECT, 'unknown')})"
     else:
         why = "its sample/evaluate params differ from the training run's: " + "; ".join(
-            f"{k}: {run.data.params.get(k)} -> {v}" for k, v in mine.items() if run.data.params.get(k) != str(v))
+            f"{k}: {run.data.params.get(k)} -> {v}" for k, v in changed.items())
     note = (f"Evaluation of the generator trained in run `{train_name}` ({train_run}), in project {project_root()}. "
             f"A run of its own because {why}. The model version's scores stay those of the training run's own evaluation.")
     tags = {TAG_TRAIN_RUN: str(train_run), TAG_NOTE: note, TAG_PROJECT: str(project_root()), **_digests(report)}
