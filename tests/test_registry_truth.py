@@ -143,3 +143,18 @@ def test_a_resumed_run_gets_the_grids_logged_before_the_resume(tmp_path, monkeyp
     other.start()
     assert other.copy_step_images("0" * 32, 20) == 0  # a run this store lacks: nothing, no error
     other.end()
+
+
+def test_runs_shows_the_dvc_experiment_and_the_version(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "wider")  # Tracker.start tags it, as under `dvc exp run`
+    handle = trained(tmp_path, "wider")
+    monkeypatch.delenv("DVC_EXP_NAME")
+    train_run = evaluate(handle, 10.0)["mlflow_train_run_id"]
+    nested = evaluate(handle, 11.0, n=200)["mlflow_run_id"]
+    main(["runs", "--params", str(ROOT / "params.yaml")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:7] == ["run", "id", "name", "dvc", "exp", "version", "status"]
+    row = next(line for line in out if line.startswith(train_run[:12]))
+    assert "wider" in row and "v1 champion" in row
+    assert "(of v1)" in next(line for line in out if line.startswith(nested[:12]))

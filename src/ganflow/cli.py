@@ -1,7 +1,7 @@
 """The `ganflow` console script: the commands a user reaches for besides `dvc repro`.
 
   ganflow check [params.yaml]                 validate params without running anything
-  ganflow runs [--params params.yaml]         experiments in MLflow: run id, name, key params, scores
+  ganflow runs [--params params.yaml]         experiments in MLflow: run id, name, DVC experiment, version, params, scores
   ganflow sample --model URI -n 64 --out F    a grid from a registered model or a generator file
   ganflow champion [--apply]                  the champion re-decided across all versions at equal protocol
   ganflow ui [--port 5000]                    the MLflow UI on 127.0.0.1, opened in its model-training layout
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     check = sub.add_parser("check", help="validate params.yaml (as every stage does before any work)")
     check.add_argument("params", nargs="?", default="params.yaml")
-    runs = sub.add_parser("runs", help="list the MLflow runs of the experiment: id, name, key params, scores")
+    runs = sub.add_parser("runs", help="list the MLflow runs of the experiment: id, name, DVC experiment, model version, key params, scores")
     runs.add_argument("--params", default="params.yaml", help="where tracking.* is read (store, experiment)")
     runs.add_argument("--limit", type=int, default=20, help="the most recent runs listed (default 20)")
     sample = sub.add_parser("sample", help="draw a grid of samples from a registered model or a generator file")
@@ -103,8 +103,17 @@ def list_runs(a) -> None:
     if not runs:
         print(f"no runs in experiment {cfg.experiment!r} at {uri}")
         return
-    head = ["run id", "name", "status", *(p.split(".")[1] for p in RUN_PARAMS), *RUN_SCORES]
-    rows = [[r.info.run_id[:12], (r.info.run_name or "")[:40], r.info.status,
+    from ganflow.tracking import registry
+    from ganflow.tracking.names import TAG_DVC_EXP, TAG_TRAIN_RUN
+
+    versions = registry.version_labels(store.read_client(cfg)[1], cfg.registered_model)
+
+    def version(r) -> str:  # an evaluation run: the version of the model it scored
+        own, trained = versions.get(r.info.run_id), versions.get(r.data.tags.get(TAG_TRAIN_RUN, ""))
+        return own or (f"(of {trained.split()[0]})" if trained else "")
+
+    head = ["run id", "name", "dvc exp", "version", "status", *(p.split(".")[1] for p in RUN_PARAMS), *RUN_SCORES]
+    rows = [[r.info.run_id[:12], (r.info.run_name or "")[:40], r.data.tags.get(TAG_DVC_EXP, "-"), version(r) or "-", r.info.status,
              *(r.data.params.get(p, "") for p in RUN_PARAMS),
              *(f"{r.data.metrics[m]:.4g}" if m in r.data.metrics else "" for m in RUN_SCORES)] for r in runs]
     _table(head, rows)

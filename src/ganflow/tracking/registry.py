@@ -160,3 +160,14 @@ def contract(arch: str, net: Any) -> str:
     return (f"ganflow generator ({arch}). Input: one float32 tensor N×{net.z_dim + bool(net.n_classes)}: "
             f"z ~ N(0, 1) of size z_dim={net.z_dim}{cond}. Output: N×{net.channels}×{net.resolution}×{net.resolution} "
             "float32 images in [-1, 1]; pixels = round((x + 1) · 127.5). Load: mlflow.pytorch.load_model(uri).")
+
+
+def version_labels(client: Any, name: str | None) -> dict[str, str]:
+    """run id -> "v<version>" (with " champion" for the alias holder), for `ganflow runs`; {} without a registry."""
+    if not name:
+        return {}
+    try:
+        rows = standings(client, name)
+    except Exception:  # no such registered model yet
+        return {}
+    return {r.run_id: f"v{r.version}" + (f" {r.alias}" if r.alias else "") for r in rows}
