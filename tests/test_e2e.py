@@ -115,7 +115,10 @@ def test_mlflow_run_provenance_review_and_registry(project):
     assert tags[tracking.TAG_DATA] == trained_on and len(tags[tracking.TAG_EVALUATOR]) == 64
     assert [d.dataset.digest for d in client.get_run(run.info.run_id).inputs.dataset_inputs] == [trained_on[:16]]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"eval.json", "sample_grid.png", "dvc.lock"} <= artifacts
+    assert {"eval.json", "sample_grid.png", "stage_inputs.json", "before_this_stage"} <= artifacts
+    seen = json.loads(Path(client.download_artifacts(run.info.run_id, "stage_inputs.json", str(root / ".."))).read_text())
+    locked = {d["path"]: d["md5"] for d in yaml.safe_load((root / "dvc.lock").read_text())["stages"]["evaluate"]["deps"]}
+    assert seen["deps"] == locked  # the hashes of the lock DVC wrote after the stage (issue 21)
     steps = sorted({int(p.path.split("+step+")[1].split("+")[0]) for p in client.list_artifacts(run.info.run_id, "images")
                     if "train_grid+step+" in p.path})
     assert steps[0] == 0 and 20 in steps  # the slider starts at the untrained G

@@ -4,6 +4,7 @@ named and described; the champion is decided at equal protocol (also by `ganflow
 
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT
@@ -158,3 +159,26 @@ def test_runs_shows_the_dvc_experiment_and_the_version(tmp_path, monkeypatch, ca
     row = next(line for line in out if line.startswith(train_run[:12]))
     assert "wider" in row and "v1 champion" in row
     assert "(of v1)" in next(line for line in out if line.startswith(nested[:12]))
+
+
+@pytest.mark.dvc
+def test_stage_inputs_hash_deps_as_dvc_does(tmp_path, monkeypatch):
+    """stage_inputs.json (logged by evaluate in place of a stale dvc.lock) holds DVC's own md5s."""
+    import os
+
+    import yaml
+
+    from conftest import dvc
+    from ganflow.tracking.provenance import stage_inputs
+
+    (tmp_path / "folder" / "sub").mkdir(parents=True)
+    (tmp_path / "folder" / "a.txt").write_text("a\n")
+    (tmp_path / "folder" / "sub" / "b.bin").write_bytes(bytes(range(256)))
+    (tmp_path / "one.txt").write_text("one\n")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {"cmd": "true", "deps": ["folder", "one.txt"]}}}))
+    env = dict(os.environ)
+    dvc(tmp_path, env, "init", "--no-scm")
+    dvc(tmp_path, env, "repro")
+    locked = {d["path"]: d["md5"] for d in yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["s"]["deps"]}
+    monkeypatch.chdir(tmp_path)
+    assert stage_inputs("s")["deps"] == locked and locked["folder"].endswith(".dir")

@@ -14,7 +14,7 @@ from ganflow.config import flatten
 from ganflow.tracking.registry import annotate, contract, log_model, promote
 from ganflow.tracking.names import (TAG_BASELINE_COMMIT, TAG_DATA, TAG_EVAL_DATA, TAG_EVALUATOR, TAG_NOTE, TAG_PARENT,
                                     TAG_PROJECT, TAG_PROTOCOL, TAG_RESUMED_FROM, TAG_RESUMED_STEP, TAG_TRAIN_RUN, TAG_USER)
-from ganflow.tracking.provenance import dvc_tags, provenance
+from ganflow.tracking.provenance import dvc_tags, provenance, stage_inputs
 from ganflow.tracking.run import Tracker, read_handle
 from ganflow.tracking.store import project_root
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ganflow.tracking")
 
+DVC_YAML, DVC_LOCK = "dvc.yaml", "dvc.lock"
 ATTEMPT = Path(".ganflow") / "train-run.json"  # names the train stage's open run while it trains
 
 
@@ -177,8 +178,9 @@ def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, repor
     that run's own evaluation: its project (clone) and its own sample/evaluate params. Else (another
     experiment's params, another clone, a run this store lacks) into a new run, nested under the
     training run when the store has it, named and described (see _scores_run). With the scores: the
-    sample/evaluate params, `artifacts` (those that exist), the protocol and digests as tags, the
-    per-class table. Only the own evaluation tags the model version and may promote it (at equal
+    sample/evaluate params, `artifacts` (those that exist), stage_inputs.json (the md5 of each of the
+    stage's deps as it saw them; dvc.lock goes to before_this_stage/: DVC writes this stage's part after
+    it), the protocol and digests as tags, the per-class table. Only the own evaluation tags the model version and may promote it (at equal
     protocol). `report`: an evaluation.Report. Returns the run ids, for `dvc exp show`."""
     results, per_class = report.results, report.per_class
     train_run = read_handle(run_handle)
@@ -191,6 +193,10 @@ def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, repor
         for path in artifacts:
             if path and Path(path).is_file():
                 tracker.log_artifact(path)
+        if Path(DVC_YAML).is_file():  # the hashes this stage saw (a dvc.lock logged now is one stage stale)
+            tracker.log_dict(stage_inputs("evaluate", DVC_YAML), "stage_inputs.json")
+        if Path(DVC_LOCK).is_file():
+            tracker.log_artifact(DVC_LOCK, "before_this_stage")
         if own:
             status = promote(tracker, train_run, scores, fid_key, results[metrics.KEY_PROTOCOL], metrics.KEY_N_SAMPLES)
             if status:

@@ -181,6 +181,9 @@ class Tracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.call(lambda: self.mlflow.log_artifact(str(path), artifact_path), "log_artifact")
 
+    def log_dict(self, obj: dict[str, Any], artifact_file: str) -> None:
+        self.call(lambda: self.mlflow.log_dict(obj, artifact_file), "log_dict")
+
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
         """Rows of one table (same keys in each) as an MLflow table artifact, shown as a table in the UI."""
         if rows:
