@@ -233,6 +233,8 @@ def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params, re
         if not changed and not elsewhere:
             tracker.start(run_id=train_run)
             return True
+    elif train_run:
+        log.warning("run %s is not in %s: logging to a new run", train_run, tracker.uri)
     name, tags = _scores_run(train_run, run, mine, report)
     tracker.start(name=name, tags=tags)
     return False
