@@ -182,3 +182,15 @@ def test_stage_inputs_hash_deps_as_dvc_does(tmp_path, monkeypatch):
     locked = {d["path"]: d["md5"] for d in yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["s"]["deps"]}
     monkeypatch.chdir(tmp_path)
     assert stage_inputs("s")["deps"] == locked and locked["folder"].endswith(".dir")
+
+
+def test_a_new_protocol_scores_into_a_run_of_its_own(tmp_path, monkeypatch):
+    """New evaluation code or evaluator, same params: the training run and its version keep their scores."""
+    monkeypatch.chdir(tmp_path)
+    handle = trained(tmp_path, "base")
+    train_run = evaluate(handle, 20.0, protocol="old")["mlflow_train_run_id"]
+    assert evaluate(handle, 20.0, protocol="old")["mlflow_run_id"] == train_run  # `dvc repro -f`: the same evaluation
+    before = version(train_run).tags
+    again = evaluate(handle, 25.0, protocol="new")["mlflow_run_id"]
+    assert again != train_run and version(train_run).tags == before
+    assert "protocol changed" in MlflowClient().get_run(again).data.tags[tracking.TAG_NOTE]

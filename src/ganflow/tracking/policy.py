@@ -175,8 +175,9 @@ def _user() -> str | None:
 def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, report: Any,
                  artifacts: list[str | Path | None]) -> dict[str, str | None]:
     """The evaluate stage's run. The scores go into the run that trained the model only when they are
-    that run's own evaluation: its project (clone) and its own sample/evaluate params. Else (another
-    experiment's params, another clone, a run this store lacks) into a new run, nested under the
+    that run's own evaluation: its project (clone), its own sample/evaluate params, the protocol it was
+    scored under if it was. Else (another experiment's params, another clone, another protocol, a run
+    this store lacks) into a new run, nested under the
     training run when the store has it, named and described (see _scores_run). With the scores: the
     sample/evaluate params, `artifacts` (those that exist), stage_inputs.json (the md5 of each of the
     stage's deps as it saw them; dvc.lock goes to before_this_stage/: DVC writes this stage's part after
@@ -230,7 +231,8 @@ def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params, re
     if run is not None:
         changed = {k: v for k, v in mine.items() if run.data.params.get(k) != str(v)}
         elsewhere = run.data.tags.get(TAG_PROJECT) != str(project_root())
-        if not changed and not elsewhere:
+        rescored = run.data.tags.get(TAG_PROTOCOL) not in (None, report.results[metrics.KEY_PROTOCOL])
+        if not (changed or elsewhere or rescored):
             tracker.start(run_id=train_run)
             return True
     elif train_run:
@@ -254,9 +256,12 @@ def _scores_run(train_run: str | None, run: Any, mine: dict[str, Any], report: A
         why = f"the training run {train_run} is not in this store"
     elif run.data.tags.get(TAG_PROJECT) != str(project_root()):
         why = f"the training run belongs to another clone ({run.data.tags.get(TAG_PROJECT, 'unknown')})"
-    else:
+    elif changed:
         why = "its sample/evaluate params differ from the training run's: " + "; ".join(
             f"{k}: {run.data.params.get(k)} -> {v}" for k, v in changed.items())
+    else:
+        why = (f"the evaluation protocol changed (the training run was scored under {run.data.tags.get(TAG_PROTOCOL)}): "
+               "new evaluation code, evaluator or data")
     note = (f"Evaluation of the generator trained in run `{train_name}` ({train_run}), in project {project_root()}. "
             f"A run of its own because {why}. The model version's scores stay those of the training run's own evaluation.")
     tags = {TAG_TRAIN_RUN: str(train_run), TAG_NOTE: note, TAG_PROJECT: str(project_root()), **_digests(report)}
