@@ -194,3 +194,19 @@ def test_a_new_protocol_scores_into_a_run_of_its_own(tmp_path, monkeypatch):
     again = evaluate(handle, 25.0, protocol="new")["mlflow_run_id"]
     assert again != train_run and version(train_run).tags == before
     assert "protocol changed" in MlflowClient().get_run(again).data.tags[tracking.TAG_NOTE]
+
+
+def test_logging_the_dataset_prints_no_mlflow_source_warning(tmp_path, monkeypatch):
+    import warnings
+
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    t = tracking.Tracker(TrackingConfig())
+    t.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.log_dataset(np.zeros((2, 1, 8, 8), np.uint8), {"source": "mnist", "sha256": "a" * 64, "count": 2})
+    t.end()
+    assert not [w for w in caught if "interpreted in multiple ways" in str(w.message)]
+    assert [d.dataset.digest for d in MlflowClient().get_run(t.run_id).inputs.dataset_inputs] == ["a" * 16]
