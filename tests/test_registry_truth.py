@@ -53,6 +53,8 @@ def test_an_evaluation_at_other_params_leaves_the_version_alone_and_names_its_ru
     before = version(train_run)
     assert before.tags["fid_classifier"] == "231.18" and before.tags["protocol"] == "p400"
     assert before.aliases == [tracking.CHAMPION]
+    own_tags = MlflowClient().get_run(train_run).data.tags
+    assert own_tags[tracking.TAG_EVAL_DATA] == "d" * 16 and tracking.TAG_EVALUATOR not in own_tags  # the train stage's, kept
 
     other = evaluate(handle, 231.16, n=200, protocol="p200")  # `dvc exp run -S sample.n=200`
     assert other["mlflow_run_id"] != train_run

@@ -206,7 +206,8 @@ def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, repor
             log.info("scores logged to run %s (not the training run's own evaluation): its model version's tags are "
                      "left as they are", tracker.run_id)
         tracker.set_tags({f"protocol.{k}": str(v) for k, v in report.protocol.items()}
-                         | {TAG_PROTOCOL: results[metrics.KEY_PROTOCOL]} | _digests(report))
+                         | {TAG_PROTOCOL: results[metrics.KEY_PROTOCOL]}
+                         | {k: v for k, v in _digests(report).items() if k == TAG_EVAL_DATA})  # the evaluator's: set at start
         tracker.log_table(per_class, "per_class.json")
         tracker.end()
     return {"mlflow_run_id": tracker.run_id, "mlflow_train_run_id": train_run}
