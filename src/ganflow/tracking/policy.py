@@ -177,11 +177,11 @@ def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, repor
     """The evaluate stage's run. The scores go into the run that trained the model only when they are
     that run's own evaluation: its project (clone), its own sample/evaluate params, the protocol it was
     scored under if it was. Else (another experiment's params, another clone, another protocol, a run
-    this store lacks) into a new run, nested under the
-    training run when the store has it, named and described (see _scores_run). With the scores: the
-    sample/evaluate params, `artifacts` (those that exist), stage_inputs.json (the md5 of each of the
-    stage's deps as it saw them; dvc.lock goes to before_this_stage/: DVC writes this stage's part after
-    it), the protocol and digests as tags, the per-class table. Only the own evaluation tags the model version and may promote it (at equal
+    this store lacks) into a new run, nested under the training run when the store has it, named and
+    described (see _scores_run). With the scores: the sample/evaluate params, `artifacts` (those that
+    exist), stage_inputs.json (the md5 of each of the stage's deps as it saw them; dvc.lock goes to
+    before_this_stage/: DVC writes this stage's part after it), the protocol and digests as tags, the
+    per-class table. Only the own evaluation tags the model version and may promote it (at equal
     protocol). `report`: an evaluation.Report. Returns the run ids, for `dvc exp show`."""
     results, per_class = report.results, report.per_class
     train_run = read_handle(run_handle)
