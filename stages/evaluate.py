@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
     if a.protocol_out:
         write_json(a.protocol_out, protocol_file(report))
     save_grid(report.pairs, a.pairs, nrow=len(report.pairs) // 2)
-    run_ids = policy.evaluate_run(tracker, params, a.run_handle, report, [a.out, a.protocol_out, a.grid, a.pairs, "dvc.lock"])
+    run_ids = policy.evaluate_run(tracker, params, a.run_handle, report, [a.out, a.protocol_out, a.grid, a.pairs])
     if a.run_out:
         write_json(a.run_out, run_ids)
     print("  ".join(f"{k}={v:.4g}" for k, v in report.results.items() if isinstance(v, (int, float))))

@@ -115,7 +115,10 @@ def test_mlflow_run_provenance_review_and_registry(project):
     assert tags[tracking.TAG_DATA] == trained_on and len(tags[tracking.TAG_EVALUATOR]) == 64
     assert [d.dataset.digest for d in client.get_run(run.info.run_id).inputs.dataset_inputs] == [trained_on[:16]]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"eval.json", "sample_grid.png", "dvc.lock"} <= artifacts
+    assert {"eval.json", "sample_grid.png", "stage_inputs.json", "before_this_stage"} <= artifacts
+    seen = json.loads(Path(client.download_artifacts(run.info.run_id, "stage_inputs.json", str(root / ".."))).read_text())
+    locked = {d["path"]: d["md5"] for d in yaml.safe_load((root / "dvc.lock").read_text())["stages"]["evaluate"]["deps"]}
+    assert seen["deps"] == locked  # the hashes of the lock DVC wrote after the stage (issue 21)
     steps = sorted({int(p.path.split("+step+")[1].split("+")[0]) for p in client.list_artifacts(run.info.run_id, "images")
                     if "train_grid+step+" in p.path})
     assert steps[0] == 0 and 20 in steps  # the slider starts at the untrained G
@@ -141,7 +144,7 @@ def test_changed_eval_params_rerun_evaluate_only_into_a_nested_run(own_copy):
     assert len(runs) == 2
     child = next(r for r in runs.values() if r.info.run_id != trained.info.run_id)
     assert child.data.tags["mlflow.parentRunId"] == trained.info.run_id and child.data.params["evaluate.kid_subset_size"] == "40"
-    assert "kid_subset_size=40" in child.info.run_name
+    assert child.info.run_name.startswith("evaluate of baseline") and "kid_subset_size=40" in child.info.run_name
     assert runs[trained.info.run_id].data.metrics == trained.data.metrics  # untouched
     assert json.loads((root / "metrics/mlflow_run.json").read_text())["mlflow_run_id"] == child.info.run_id
     diff = json.loads(dvc(root, env, "metrics", "diff", "--json").stdout)  # against HEAD's committed metrics
@@ -163,6 +166,9 @@ def test_dvc_exp_run_temp_logs_a_named_run_with_the_whole_history(own_copy):
     # it resumed from the baseline's checkpoint at step 20, and still holds the steps before it
     assert exp_run.data.tags["ganflow.resumed_from_step"] == "20"
     assert [m.step for m in MlflowClient().get_metric_history(exp_run.info.run_id, "loss_D")] == [5, 10, 15, 20, 25, 30]
+    grids = {int(a.path.split("+step+")[1].split("+")[0]) for a in MlflowClient().list_artifacts(exp_run.info.run_id, "images")
+             if "train_grid+step+" in a.path}
+    assert min(grids) == 0 and max(grids) == 30  # the grids from before the resume, copied (issue 21)
 
 
 def test_experiments_that_differ_in_sample_params_get_their_own_runs_and_scores(own_copy):

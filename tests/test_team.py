@@ -26,13 +26,13 @@ def version_for_run(fid: float, n: int) -> tuple[tracking.Tracker, str]:
     return t, t.run_id
 
 
-def test_champion_moves_only_on_a_better_fid_at_equal_n():
+def test_champion_moves_only_on_a_better_fid_at_equal_protocol():
     scores = [(10.0, 1000, "champion"), (12.0, 1000, "candidate"), (8.0, 1000, "champion"), (5.0, 500, "candidate")]
     runs = []
     for fid, n, want in scores:
         t, run_id = version_for_run(fid, n)
         runs.append(run_id)
-        status = registry.promote(t, run_id, {"fid_classifier": fid, "n_samples": n}, "fid_classifier", "n_samples")
+        status = registry.promote(t, run_id, {"fid_classifier": fid, "n_samples": n}, "fid_classifier", f"p{n}")
         assert status == want, (fid, n, status)
     client = MlflowClient()
     champ = client.get_model_version_by_alias(MODEL, tracking.CHAMPION)

@@ -1,8 +1,9 @@
 """The `ganflow` console script: the commands a user reaches for besides `dvc repro`.
 
   ganflow check [params.yaml]                 validate params without running anything
-  ganflow runs [--params params.yaml]         experiments in MLflow: run id, name, key params, scores
+  ganflow runs [--params params.yaml]         experiments in MLflow: run id, name, DVC experiment, version, params, scores
   ganflow sample --model URI -n 64 --out F    a grid from a registered model or a generator file
+  ganflow champion [--apply]                  the champion re-decided across all versions at equal protocol
   ganflow ui [--port 5000]                    the MLflow UI on 127.0.0.1, opened in its model-training layout
   ganflow deps stages/train.py ...            each stage's library files, as dvc.yaml lists them
   ganflow evaluate --samples DIR              score any folder of PNGs with the evaluate stage's protocol
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     check = sub.add_parser("check", help="validate params.yaml (as every stage does before any work)")
     check.add_argument("params", nargs="?", default="params.yaml")
-    runs = sub.add_parser("runs", help="list the MLflow runs of the experiment: id, name, key params, scores")
+    runs = sub.add_parser("runs", help="list the MLflow runs of the experiment: id, name, DVC experiment, model version, key params, scores")
     runs.add_argument("--params", default="params.yaml", help="where tracking.* is read (store, experiment)")
     runs.add_argument("--limit", type=int, default=20, help="the most recent runs listed (default 20)")
     sample = sub.add_parser("sample", help="draw a grid of samples from a registered model or a generator file")
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     sample.add_argument("--out", type=Path, default=Path("grid.png"),
                         help="the PNG written: a full, square-ish grid (64 -> 8 × 8) (default grid.png)")
     sample.add_argument("--params", default="params.yaml", help="where tracking.* is read for models:/ URIs")
+    champ = sub.add_parser("champion", help="re-decide the champion across all model versions at equal protocol "
+                           "(a dry run that prints the table; --apply moves the alias)")
+    champ.add_argument("--params", default="params.yaml", help="where tracking.* is read (store, registered model)")
+    champ.add_argument("--protocol", help="the protocol hash compared under (default: the newest scored version's)")
+    champ.add_argument("--apply", action="store_true", help="move the champion alias (default: only print)")
     ui = sub.add_parser("ui", help="serve the MLflow UI of the project's store on 127.0.0.1 and print the experiment's link")
     ui.add_argument("--params", default="params.yaml")
     ui.add_argument("--port", type=int, default=5000)
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     launch = sub.add_parser("launch", help="run the train stage on this host as one of nodes.count hosts (docs/scale.md)")
     launch.add_argument("--params", default="params.yaml", help="the same file on every host (nodes.rendezvous names node 0)")
     a = ap.parse_args(argv)
-    commands: dict[str, Callable] = {"check": check_params, "runs": list_runs, "sample": sample_grid, "deps": print_deps, "ui": serve_ui,
+    commands: dict[str, Callable] = {"check": check_params, "runs": list_runs, "sample": sample_grid, "deps": print_deps, "ui": serve_ui, "champion": champion,
                                      "evaluate": evaluate_folder, "compare": compare, "launch": launch_train}
     try:
         commands[a.cmd](a)
@@ -97,13 +103,52 @@ def list_runs(a) -> None:
     if not runs:
         print(f"no runs in experiment {cfg.experiment!r} at {uri}")
         return
-    head = ["run id", "name", "status", *(p.split(".")[1] for p in RUN_PARAMS), *RUN_SCORES]
-    rows = [[r.info.run_id[:12], (r.info.run_name or "")[:40], r.info.status,
+    from ganflow.tracking import registry
+    from ganflow.tracking.names import TAG_DVC_EXP, TAG_TRAIN_RUN
+
+    versions = registry.version_labels(store.read_client(cfg)[1], cfg.registered_model)
+
+    def version(r) -> str:  # an evaluation run: the version of the model it scored
+        own, trained = versions.get(r.info.run_id), versions.get(r.data.tags.get(TAG_TRAIN_RUN, ""))
+        return own or (f"(of {trained.split()[0]})" if trained else "")
+
+    head = ["run id", "name", "dvc exp", "version", "status", *(p.split(".")[1] for p in RUN_PARAMS), *RUN_SCORES]
+    rows = [[r.info.run_id[:12], (r.info.run_name or "")[:40], r.data.tags.get(TAG_DVC_EXP, "-"), version(r) or "-", r.info.status,
              *(r.data.params.get(p, "") for p in RUN_PARAMS),
              *(f"{r.data.metrics[m]:.4g}" if m in r.data.metrics else "" for m in RUN_SCORES)] for r in runs]
+    _table(head, rows)
+
+
+def _table(head: list[str], rows: list[list]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     for row in (head, *rows):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def champion(a) -> None:
+    from ganflow.config import load_params
+    from ganflow.tracking import registry, store
+
+    cfg = load_params(a.params).tracking
+    if not cfg.registered_model:
+        raise GanflowError("tracking.registered_model: not set, there is no registry to decide in")
+    uri, client = store.read_client(cfg)
+    try:
+        rows = registry.standings(client, cfg.registered_model)
+    except Exception as err:
+        raise GanflowError(f"tracking store {uri}: cannot read model {cfg.registered_model!r} ({type(err).__name__})") from None
+    metric = next((r.metric for r in rows if r.metric), "fid")
+    _table(["version", "run", "protocol", "n", metric, "alias"],
+           [[r.version, r.run_id[:12], r.protocol[:12] or "-", r.n or "-", "-" if r.score is None else f"{r.score:.5g}",
+             r.alias] for r in rows])
+    winner = registry.best(rows, a.protocol)
+    if winner is None:
+        print(f"no version scored under protocol {a.protocol or '(none)'}: the alias stays where it is")
+    elif not a.apply:
+        print(f"dry run: the champion at protocol {winner.protocol[:12]} is version {winner.version}; --apply moves the alias")
+    else:
+        registry.crown(client, cfg.registered_model, winner, rows)
+        print(f"champion: version {winner.version} (run {winner.run_id[:12]}, {winner.metric} {winner.score:.5g})")
 
 
 def sample_grid(a) -> None:

@@ -5,7 +5,7 @@
   a moved project; the read-only look-ups of the `ganflow` commands.
 - outbox: the queue, worker thread and on-disk spool between the training loop and the store.
 - run: `Tracker`, one stage's run: start, log, end.
-- registry: the logged generator, its model version, the `champion` alias.
+- registry: the logged generator, its model version, the `champion` alias (at equal protocol; `ganflow champion`).
 - provenance: git and DVC facts about a run (name, baseline commit, params diff).
 - policy: the train and evaluate stages' run policy (one function each).
 

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from ganflow import GanflowError, metrics
 from ganflow.config import flatten
 from ganflow.tracking.registry import annotate, contract, log_model, promote
-from ganflow.tracking.names import (TAG_BASELINE_COMMIT, TAG_DATA, TAG_EVALUATOR, TAG_NOTE, TAG_PARENT, TAG_PROJECT,
-                                    TAG_RESUMED_FROM, TAG_RESUMED_STEP, TAG_USER)
-from ganflow.tracking.provenance import dvc_tags, provenance
+from ganflow.tracking.names import (TAG_BASELINE_COMMIT, TAG_DATA, TAG_EVAL_DATA, TAG_EVALUATOR, TAG_NOTE, TAG_PARENT,
+                                    TAG_PROJECT, TAG_PROTOCOL, TAG_RESUMED_FROM, TAG_RESUMED_STEP, TAG_TRAIN_RUN, TAG_USER)
+from ganflow.tracking.provenance import dvc_tags, provenance, stage_inputs
 from ganflow.tracking.run import Tracker, read_handle
 from ganflow.tracking.store import project_root
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ganflow.tracking")
 
+DVC_YAML, DVC_LOCK = "dvc.yaml", "dvc.lock"
 ATTEMPT = Path(".ganflow") / "train-run.json"  # names the train stage's open run while it trains
 
 
@@ -89,6 +90,8 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
         tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed["step"])})
         for rows, columns in history:
             tracker.log_history(rows, columns)
+        if previous:  # its sample grids up to the resume: the image slider starts at step 0 again
+            tracker.copy_step_images(previous, trainer.resumed["step"])
     trainer.extra["run_id"] = tracker.run_id
     try:
         summary = train(hooks)
@@ -171,40 +174,98 @@ def _user() -> str | None:
 
 def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, report: Any,
                  artifacts: list[str | Path | None]) -> dict[str, str | None]:
-    """The evaluate stage's run: the scores go into the run that trained the model, unless that run
-    already holds the scores of other sample/evaluate params (another experiment's): then into a new
-    run nested under it, never over them. With the scores: the sample/evaluate params, `artifacts`
-    (those that exist), the protocol as tags, the per-class table; the trained model version is
-    promoted when it beats the champion. `report`: an evaluation.Report. Returns the run ids, for `dvc exp show`."""
+    """The evaluate stage's run. The scores go into the run that trained the model only when they are
+    that run's own evaluation: its project (clone), its own sample/evaluate params, the protocol it was
+    scored under if it was. Else (another experiment's params, another clone, another protocol, a run
+    this store lacks) into a new run, nested under the training run when the store has it, named and
+    described (see _scores_run). With the scores: the sample/evaluate params, `artifacts` (those that
+    exist), stage_inputs.json (the md5 of each of the stage's deps as it saw them; dvc.lock goes to
+    before_this_stage/: DVC writes this stage's part after it), the protocol and digests as tags, the
+    per-class table. Only the own evaluation tags the model version and may promote it (at equal
+    protocol). `report`: an evaluation.Report. Returns the run ids, for `dvc exp show`."""
     results, per_class = report.results, report.per_class
     train_run = read_handle(run_handle)
     if tracker.enabled:
         scores = {k: v for k, v in results.items() if isinstance(v, (int, float))}
         fid_key = metrics.primary_fid_key(scores)
-        _open_scores_run(tracker, train_run, params, fid_key)
-        tracker.log_params({k: v for k, v in flatten(params).items() if k.split(".")[0] in ("sample", "evaluate")})
+        own = _open_scores_run(tracker, train_run, params, report)
+        tracker.log_params(_eval_params(params))
         tracker.log_metrics(scores)
         for path in artifacts:
             if path and Path(path).is_file():
                 tracker.log_artifact(path)
-        status = promote(tracker, train_run, scores, fid_key, metrics.KEY_N_SAMPLES)
-        if status:
-            log.info("registered generator of run %s: %s", train_run, status)
-        tracker.set_tags({f"protocol.{k}": str(v) for k, v in report.protocol.items()} | {"protocol": results[metrics.KEY_PROTOCOL]})
+        if Path(DVC_YAML).is_file():  # the hashes this stage saw (a dvc.lock logged now is one stage stale)
+            tracker.log_dict(stage_inputs("evaluate", DVC_YAML), "stage_inputs.json")
+        if Path(DVC_LOCK).is_file():
+            tracker.log_artifact(DVC_LOCK, "before_this_stage")
+        if own:
+            status = promote(tracker, train_run, scores, fid_key, results[metrics.KEY_PROTOCOL], metrics.KEY_N_SAMPLES)
+            if status:
+                log.info("registered generator of run %s: %s", train_run, status)
+        else:
+            log.info("scores logged to run %s (not the training run's own evaluation): its model version's tags are "
+                     "left as they are", tracker.run_id)
+        tracker.set_tags({f"protocol.{k}": str(v) for k, v in report.protocol.items()}
+                         | {TAG_PROTOCOL: results[metrics.KEY_PROTOCOL]}
+                         | {k: v for k, v in _digests(report).items() if k == TAG_EVAL_DATA})  # the evaluator's: set at start
         tracker.log_table(per_class, "per_class.json")
         tracker.end()
     return {"mlflow_run_id": tracker.run_id, "mlflow_train_run_id": train_run}
 
 
-def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params, fid_key: str) -> None:
-    mine = {k: v for k, v in flatten(params).items() if k.split(".")[0] in ("sample", "evaluate")}
+def _eval_params(params: Params) -> dict[str, Any]:
+    return {k: v for k, v in flatten(params).items() if k.split(".")[0] in ("sample", "evaluate")}
+
+
+def _digests(report: Any) -> dict[str, str]:
+    """The data and evaluator digests the evaluation saw (from its protocol; sha256 prefixes)."""
+    proto = report.protocol
+    weights = [str(v) for k, v in sorted(proto.items()) if k.endswith("_weights_sha256")]
+    tags = {TAG_EVAL_DATA: str(proto["data_sha256"])} if "data_sha256" in proto else {}
+    return tags | ({TAG_EVALUATOR: weights[0]} if weights else {})
+
+
+def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params, report: Any) -> bool:
+    """Open the run the scores go into; True when it is the training run itself (its own evaluation)."""
+    mine = _eval_params(params)
     run = tracker.get_run(train_run)
-    data = run.data if run else None
-    if data and fid_key in data.metrics and any(data.params.get(k) != str(v) for k, v in mine.items()):
-        changed = {k: (data.params.get(k), v) for k, v in mine.items() if data.params.get(k) != str(v)}
-        name = f"{data.tags.get('mlflow.runName', train_run)} · " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, (_, v) in changed.items())
-        tags = {TAG_PARENT: train_run, TAG_NOTE: f"Evaluation of the model trained in run {train_run} with "
-                + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())}
-        tracker.start(name=name[:120], tags=tags)
+    if run is not None:
+        changed = {k: v for k, v in mine.items() if run.data.params.get(k) != str(v)}
+        elsewhere = run.data.tags.get(TAG_PROJECT) != str(project_root())
+        rescored = run.data.tags.get(TAG_PROTOCOL) not in (None, report.results[metrics.KEY_PROTOCOL])
+        if not (changed or elsewhere or rescored):
+            tracker.start(run_id=train_run)
+            return True
+    elif train_run:
+        log.warning("run %s is not in %s: logging to a new run", train_run, tracker.uri)
+    name, tags = _scores_run(train_run, run, mine, report)
+    tracker.start(name=name, tags=tags)
+    return False
+
+
+def _scores_run(train_run: str | None, run: Any, mine: dict[str, Any], report: Any) -> tuple[str, dict[str, str]]:
+    """The name and tags of an evaluation run of its own: "evaluate of <training run's name>" (or the DVC
+    experiment's name), a description of why it is not the training run, the training run's id, this
+    project, the digests; nested under the training run when the store has it."""
+    import os
+
+    train_name = run.data.tags.get("mlflow.runName", train_run) if run else train_run
+    changed = {k: v for k, v in mine.items() if run and run.data.params.get(k) != str(v)}
+    name = os.environ.get("DVC_EXP_NAME") or f"evaluate of {train_name}" + (
+        " · " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in changed.items()) if changed else "")
+    if run is None:
+        why = f"the training run {train_run} is not in this store"
+    elif run.data.tags.get(TAG_PROJECT) != str(project_root()):
+        why = f"the training run belongs to another clone ({run.data.tags.get(TAG_PROJECT, 'unknown')})"
+    elif changed:
+        why = "its sample/evaluate params differ from the training run's: " + "; ".join(
+            f"{k}: {run.data.params.get(k)} -> {v}" for k, v in changed.items())
     else:
-        tracker.start(run_id=train_run)
+        why = (f"the evaluation protocol changed (the training run was scored under {run.data.tags.get(TAG_PROTOCOL)}): "
+               "new evaluation code, evaluator or data")
+    note = (f"Evaluation of the generator trained in run `{train_name}` ({train_run}), in project {project_root()}. "
+            f"A run of its own because {why}. The model version's scores stay those of the training run's own evaluation.")
+    tags = {TAG_TRAIN_RUN: str(train_run), TAG_NOTE: note, TAG_PROJECT: str(project_root()), **_digests(report)}
+    if run is not None:
+        tags[TAG_PARENT] = train_run
+    return name[:120], tags

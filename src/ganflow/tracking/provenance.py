@@ -66,3 +66,43 @@ def provenance(flat: dict[str, Any], params_file: str | Path, extra: dict[str, s
     tags[TAG_NOTE] = (f"{what} on commit {head or 'unknown'}; params changed against it: "
                       f"{tags[TAG_PARAMS_DIFF]}; code changed against it: {tags[TAG_DIRTY]}.")
     return name, tags
+
+
+def dvc_md5(path: str | Path) -> str | None:
+    """The md5 DVC records for a dep in dvc.lock: a file's content md5; a folder's `<md5>.dir`, the md5
+    of its sorted (relpath, md5) manifest as DVC serialises it. None when the path is missing."""
+    import hashlib
+    import json
+
+    def file_md5(p: Path) -> str:
+        h = hashlib.md5()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    path = Path(path)
+    if path.is_file():
+        return file_md5(path)
+    if not path.is_dir():
+        return None
+    entries = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+    manifest = [{"md5": file_md5(p), "relpath": rel} for rel, p in entries]
+    return hashlib.md5(json.dumps(manifest, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+STAGE_INPUTS_NOTE = ("The md5 of each dep of this stage, as the stage saw them while it ran (DVC's own hashing: a file's "
+                     "md5, a folder's .dir manifest md5): comparable with the deps of this stage in the dvc.lock DVC "
+                     "commits for the experiment. A dvc.lock logged from inside a stage is one stage stale (DVC writes it "
+                     "after the stage), so the run's before_this_stage/dvc.lock is right for the earlier stages only.")
+
+
+def stage_inputs(stage: str, dvc_yaml: str | Path = "dvc.yaml") -> dict[str, Any]:
+    """What `stage` reads, hashed now: {"stage", "note", "deps": {path: md5}} (deps as dvc.yaml lists them)."""
+    import yaml
+
+    try:
+        deps = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage].get("deps") or []
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        deps = []
+    return {"stage": stage, "note": STAGE_INPUTS_NOTE, "deps": {str(d): dvc_md5(d) for d in deps}}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import numpy as np
 
 from ganflow import GanflowError
+from ganflow.tracking.names import TAG_LOGGED_IMAGES
 from ganflow.tracking.provenance import dvc_tags
 from ganflow.tracking.outbox import Outbox
 from ganflow.tracking.store import Store, connect, first_line, is_remote, quiet_mlflow, retry
@@ -180,6 +181,9 @@ class Tracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.call(lambda: self.mlflow.log_artifact(str(path), artifact_path), "log_artifact")
 
+    def log_dict(self, obj: dict[str, Any], artifact_file: str) -> None:
+        self.call(lambda: self.mlflow.log_dict(obj, artifact_file), "log_dict")
+
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
         """Rows of one table (same keys in each) as an MLflow table artifact, shown as a table in the UI."""
         if rows:
@@ -190,12 +194,43 @@ class Tracker:
         """The prepared data as the run's input, with its content digest (the UI's Datasets column)."""
 
         def log_it() -> None:
+            import warnings
+
             from mlflow.data import from_numpy
 
-            ds = from_numpy(images[:1], source="data/prepared", name=meta.get("source", "prepared"), digest=meta["sha256"][:16])
+            with warnings.catch_warnings():  # MLflow's 2-line UserWarning on every train stage, about a local path
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+                ds = from_numpy(images[:1], source="data/prepared", name=meta.get("source", "prepared"), digest=meta["sha256"][:16])
             self.mlflow.log_input(ds, context="training", tags={"count": str(meta["count"]), "sha256": meta["sha256"]})
 
         self.call(log_it, "log_input")
+
+    def copy_step_images(self, run_id: str, up_to_step: int) -> int:
+        """Copy the images run `run_id` logged by step (MLflow keeps them under its artifacts' images/,
+        the step in the file name) up to `up_to_step` into this run, so that a resumed run's image
+        slider starts at step 0. Returns how many files were copied (0 when that run is not in this store)."""
+
+        def copy() -> int:
+            import shutil
+            import tempfile
+
+            try:
+                listed = self.client.list_artifacts(run_id, "images")
+            except Exception:
+                return 0
+            keep = [a.path for a in listed if not a.is_dir and (image_step(a.path) or 0) <= up_to_step]
+            if not keep:
+                return 0
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in keep:
+                    got = self.client.download_artifacts(run_id, path, tmp + "/dl")
+                    shutil.move(got, Path(tmp) / Path(path).name)
+                shutil.rmtree(Path(tmp) / "dl", ignore_errors=True)
+                self.client.log_artifacts(self.run_id, tmp, "images")
+            self.client.set_tag(self.run_id, TAG_LOGGED_IMAGES, "True")
+            return len(keep)
+
+        return self.call(copy, "copy step images") or 0
 
     def write_handle(self, path: str | Path, run_id: str | None = None) -> None:
         """Record which run trained the model, for the later stages (models/run.json). The store is
@@ -204,6 +239,18 @@ class Tracker:
 
         store = self.uri if self.uri and is_remote(self.uri) else "local"
         write_json(path, {"run_id": run_id or self.run_id, "store": store})
+
+
+def image_step(path: str) -> int | None:
+    """The step in the name MLflow gives an image logged by step (`key+step+N+timestamp+...`, `%` in older MLflow)."""
+    for sep in ("+", "%"):
+        part = f"{sep}step{sep}"
+        if part in path:
+            try:
+                return int(path.split(part, 1)[1].split(sep, 1)[0])
+            except ValueError:
+                return None
+    return None
 
 
 def read_handle(path: str | Path) -> str | None:

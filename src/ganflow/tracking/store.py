@@ -274,3 +274,10 @@ def find_experiment(cfg: TrackingConfig) -> tuple[str, str | None]:
     except Exception as err:
         raise GanflowError(f"tracking store {uri}: cannot read it ({type(err).__name__})") from None
     return uri, exp.experiment_id if exp else None
+
+
+def read_client(cfg: TrackingConfig) -> tuple[str, Any]:
+    """(the store's URI, an MlflowClient of it), for the `ganflow` commands that read or move the registry."""
+    uri = resolve_uri(cfg)
+    mlflow = quiet_mlflow()
+    return uri, mlflow.MlflowClient(uri)
