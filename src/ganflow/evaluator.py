@@ -150,6 +150,12 @@ def spaces(info: dict) -> list[str]:
     return (["classifier"] if "arch" in info else []) + (["simclr"] if "encoder" in info else [])
 
 
+def info(path: str | Path) -> dict:
+    """The evaluator file's contents, no net built (building one draws its initial weights from torch's
+    global RNG: a resumed run must not)."""
+    return checkpoint.load(path, FORMAT, map_location="cpu")
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier | None, dict]:
     """The classifier (None when the file holds only a label-free encoder) and the file's info."""
     obj = checkpoint.load(path, FORMAT, map_location=device)

@@ -494,8 +494,9 @@ class TrainingFID:
 
 def primary_space(evaluator_path: str | Path) -> Space:
     """The space that selects models and names the training FID: the classifier when the evaluator
-    file holds one, else the label-free encoder."""
-    return evaluator.spaces(evaluator.load(evaluator_path)[1])[0]
+    file holds one, else the label-free encoder. Reads the file without building a net, so it never
+    draws from torch's RNG (the train stage calls it after a resume restored that RNG)."""
+    return evaluator.spaces(evaluator.info(evaluator_path))[0]
 
 
 def primary_fid_key(results: dict) -> str:

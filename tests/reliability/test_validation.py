@@ -23,10 +23,14 @@ def check(f) -> tuple[int, str]:
     return r.returncode, (r.stdout + r.stderr).strip()
 
 
+# the line of train.steps in params.yaml (a duplicate is inserted right after it)
+STEPS_LINE = next(i for i, line in enumerate((ROOT / "params.yaml").read_text().splitlines(), 1) if line.startswith("  steps: "))
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda t: "", "empty; it must hold the sections seed, prepare"),
     (lambda t: t.split("train:")[0] + "sample:" + t.split("sample:")[1], "missing key train (params.yaml lists every key"),
-    (lambda t: re.sub(r"(  steps: \d+) ", r"\1\n  steps: 100 ", t, count=1), "line 23, column 3: duplicate key 'steps' (first at line 22)"),
+    (lambda t: re.sub(r"(  steps: \d+) ", r"\1\n  steps: 100 ", t, count=1), f"line {STEPS_LINE + 1}, column 3: duplicate key 'steps' (first at line {STEPS_LINE})"),
     (lambda t: t.replace("train:\n", "train: [\n", 1), "not valid YAML at line"),
     (lambda t: t.replace("  ema: 5000.0 ", "  ema: .inf ", 1), "train.ema must be a finite number (got inf)"),
     (lambda t: t.replace("  batch_size: 64 ", "  batch_size: 100000000 ", 1), "train.batch_size must be less than or equal to 65536"),
