@@ -220,7 +220,7 @@ def test_a_locked_store_never_blocks_the_training_loop(mnist, tmp_path, monkeypa
 
 @pytest.mark.stage
 def test_a_run_killed_before_its_first_checkpoint_is_marked_killed(ws, tmp_path):
-    env = {"MLFLOW_TRACKING_URI": "", "PYTHONPATH": INJECT_PATH, "GANFLOW_TEST_KILL": "log.tsv:1"}
+    env = {"MLFLOW_TRACKING_URI": "", "PYTHONPATH": INJECT_PATH, "GANFLOW_TEST_KILL": "train_log.tsv:1"}
     r = train(ws, tmp_path, params_with(ws, tmp_path), env=env, new_session=True)
     assert r.returncode == -signal.SIGKILL and not (tmp_path / "checkpoint.pt").exists()
     r = train(ws, tmp_path, params_with(ws, tmp_path), env={"MLFLOW_TRACKING_URI": ""})
@@ -430,6 +430,7 @@ def test_spool_hygiene(tmp_path, monkeypatch, caplog):
     assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1 and ghost.dir.exists()
 
 
+@pytest.mark.stage
 def test_a_copied_project_logs_its_artifacts_into_its_own_mlruns(tmp_path, monkeypatch):
     """Issue 20 S10: a project copied with `cp -a` (its mlflow.db names the original's mlruns/) logs
     into its own mlruns/, so deleting the original loses nothing of the copy's."""
