@@ -126,7 +126,7 @@ def test_every_arch_trains_at_64_px_rgb(arch):
 
     ds = ImageSet(np.random.default_rng(0).integers(0, 256, (8, 3, 64, 64), dtype=np.uint8), None, [])
     t = Trainer(parse_params({"train": {**TINY_TRAIN, "arch": arch, "batch_size": 4}}), ds, "x")
-    before = [p.detach().clone() for p in t.G.parameters()]
-    t.train_step()
-    assert any(not torch.equal(a, b) for a, b in zip(before, t.G.parameters()))
-    assert t.G(torch.randn(2, t.cfg.z_dim)).shape == (2, 3, 64, 64)
+    before = [p.detach().clone() for p in t.gs.G.parameters()]
+    t.gs.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.gs.G.parameters()))
+    assert t.gs.G(torch.randn(2, t.cfg.z_dim)).shape == (2, 3, 64, 64)

@@ -108,6 +108,7 @@ def test_registry_model_in_pickle_format_never_runs_its_payload(tmp_path, capsys
     marker = tmp_path / "pwned"
     module = torch.nn.Linear(2, 2)
     module.payload = Payload(os.system, (f"touch {marker}",))
+    mlflow.set_experiment("attacker")  # in this test's store (an earlier test's active experiment is another store's)
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(module, name="generator", serialization_format="pickle", pip_requirements=[],
                                         registered_model_name="evil", metadata={"z_dim": 2})
