@@ -96,8 +96,11 @@ def _isolated_env(tmp_path, tmp_path_factory, monkeypatch, mlflow_template):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     db = shutil.copy(mlflow_template, tmp_path_factory.mktemp("mlflow") / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    if "mlflow" in sys.modules:  # ganflow sets MLflow's global URI when it connects: an earlier test's stays set
-        sys.modules["mlflow"].set_tracking_uri(f"sqlite:///{db}")
+    if "mlflow" in sys.modules:  # MLflow's globals outlive a test: an earlier test's URI or unended run stays set
+        mlflow = sys.modules["mlflow"]
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(f"sqlite:///{db}")
 
 
 @pytest.fixture(scope="session")
