@@ -2,6 +2,7 @@
 one torch-fidelity FID per resample), on the classifier's real features."""
 
 import numpy as np
+import pytest
 import torch
 
 from ganflow import metrics as m
@@ -21,6 +22,7 @@ def reference_interval(fake: torch.Tensor, real: torch.Tensor, reps: int, seed: 
     return 2 * point - float(hi), 2 * point - float(lo)
 
 
+@pytest.mark.stage
 def test_batched_interval_agrees_with_the_per_resample_one(mnist, fresh_mnist, evaluator_file):
     real = m.real_features(mnist.images, "classifier", evaluator_file, CFG, CPU).emb
     other = m.extract(fresh_mnist.images[:400], "classifier", evaluator_file, CFG, CPU).emb

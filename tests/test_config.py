@@ -163,6 +163,7 @@ def test_unbounded_knobs_are_refused_in_one_line(raw, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
 
 
+@pytest.mark.stage
 def test_the_torch_free_g_size_is_the_nets_own():
     """config.g_parameters (torch-free, for `ganflow check`) against the generator built on the meta device."""
     from ganflow.config import g_parameters

@@ -18,6 +18,7 @@ def build(n=1000, seed=0, holdout=0.1, **kw):
     return load_source(PrepareConfig(**STACKED, stacked_n=n, **kw), "unused", holdout, seed)
 
 
+@pytest.mark.stage
 def test_build_is_deterministic_and_draws_only_the_evaluators_training_digits(mnist_5k):
     a, b = build(), build()
     assert a.images.shape == (1000, 3, 28, 28) and a.images.dtype == np.uint8
@@ -74,6 +75,7 @@ def test_the_digit_split_must_be_the_one_the_digits_were_drawn_with():
         stacked.fit_evaluator({"digits": build().info["digits"], "shape": [3, 28, 28]}, EvaluatorConfig(holdout=0.2), 0)
 
 
+@pytest.mark.stage
 def test_real_stacks_hit_every_mode_with_kl_near_the_floor(digit_evaluator):
     prepared, path = digit_evaluator
     model, info = evaluator.load(path)
@@ -90,6 +92,7 @@ def test_real_stacks_hit_every_mode_with_kl_near_the_floor(digit_evaluator):
     assert "26000" in protocol["stacked"]
 
 
+@pytest.mark.stage
 def test_a_generator_of_one_digit_per_channel_scores_one_mode(digit_evaluator):
     prepared, path = digit_evaluator
     model, info = evaluator.load(path)
@@ -98,6 +101,7 @@ def test_a_generator_of_one_digit_per_channel_scores_one_mode(digit_evaluator):
     assert scores["modes_stacked"] == 1 and scores["kl_stacked"] == pytest.approx(np.log(1000))
 
 
+@pytest.mark.stage
 def test_evaluate_reports_the_benchmark_in_the_stacked_digit_space(digit_evaluator, tmp_path):
     _, path = digit_evaluator
     model, info = evaluator.load(path)

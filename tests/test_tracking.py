@@ -100,6 +100,7 @@ def test_another_programs_sqlite_file_is_refused_not_filled(tmp_path, monkeypatc
         assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["notes"]
 
 
+@pytest.mark.stage
 def test_a_locked_store_costs_no_mlflow_traceback(tmp_path, caplog):
     """Issue 20: MLflow logs a traceback for every sqlite error (a locked or read-only store), ~200 lines
     a stage; the exception reaches ganflow, which says it once. None of MLflow's ERROR records is emitted."""
