@@ -36,7 +36,7 @@ QUICK := evaluator.epochs=1 train.steps=300 train.resume=false train.eval_every=
 quick: setup
 	$(BIN)/dvc exp run --temp $(addprefix -S ,$(QUICK) $(S))
 
-# everything, as CI runs it (about 15 minutes on 2 cores)
+# everything, as CI runs it (25 min measured on a shared 2-core machine)
 test: setup
 	$(BIN)/pytest
 
