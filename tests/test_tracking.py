@@ -100,6 +100,38 @@ def test_another_programs_sqlite_file_is_refused_not_filled(tmp_path, monkeypatc
         assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["notes"]
 
 
+def test_a_deleted_experiment_is_one_line_saying_how_to_restore_it():
+    """Issue 20: MLflow's "Cannot set a deleted experiment" came with the hint to move the store away."""
+    t = tracking.Tracker(TrackingConfig(experiment="gone"))
+    mlflow.MlflowClient(t.uri).delete_experiment(t.store.experiment_id)
+    with pytest.raises(GanflowError) as err:
+        tracking.Tracker(TrackingConfig(experiment="gone"))
+    assert str(err.value) == (f"tracking.experiment 'gone' (id {t.store.experiment_id}) is deleted in {t.uri}: restore it "
+                              f"(mlflow experiments restore -x {t.store.experiment_id}) or set another tracking.experiment")
+
+
+def test_a_read_only_store_names_the_database_error_not_its_wrapper(monkeypatch):
+    """Issue 20: SQLAlchemy and MLflow wrap the database's error ("raised as a result of Query-invoked
+    autoflush"): the start error names the root cause."""
+    tracking.Tracker(TrackingConfig())  # a real store at MLFLOW_TRACKING_URI
+    path = os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///file:{path}?mode=ro&uri=true")  # read-only, for root too
+    with pytest.raises(GanflowError, match=r"\(OperationalError: attempt to write a readonly database\)"):
+        tracking.Tracker(TrackingConfig(experiment="new"))
+
+
+@pytest.mark.stage
+def test_an_unreachable_server_behind_an_mlflow_call_is_one_whole_line():
+    """Issue 20: an MLflow API call to a dead server failed with a 300-character cut of urllib3's text
+    (ending at `host='12);`): the line now names the refused connection."""
+    uri = f"http://127.0.0.1:{closed_port()}"
+    store.quiet_mlflow()
+    with pytest.raises(Exception) as err:
+        mlflow.MlflowClient(uri).get_experiment_by_name("x")
+    line = store.start_error(uri, err.value)
+    assert line.startswith(f"tracking.uri {uri}: MLflow server unreachable (ConnectionRefusedError: ") and "host=" not in line
+
+
 @pytest.mark.stage
 def test_a_locked_store_costs_no_mlflow_traceback(tmp_path, caplog):
     """Issue 20: MLflow logs a traceback for every sqlite error (a locked or read-only store), ~200 lines

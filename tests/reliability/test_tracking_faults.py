@@ -259,8 +259,36 @@ def test_odd_project_paths_keep_the_store_in_the_project(tmp_path, monkeypatch, 
     t.log_metrics({"m": 1.0}, step=1)
     t.end()
     assert (root / "mlflow.db").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing written beside it
     assert MlflowClient(tracking.local_uri()).get_metric_history(t.run_id, "m")[0].value == 1.0
+
+
+STRAY_SCRIPT = """
+import sys
+from pathlib import Path
+from mlflow import MlflowClient
+from ganflow import tracking
+from ganflow.config import TrackingConfig
+t = tracking.Tracker(TrackingConfig())
+t.start()
+t.log_metrics({"m": 1.0}, step=1)
+t.end()
+MlflowClient(t.uri).search_registered_models()  # the model registry opens the store once more
+print(sorted(p.name for p in Path(sys.argv[1]).iterdir()))
+"""
+
+
+@pytest.mark.stage
+def test_no_escaped_folder_is_left_beside_a_project_with_odd_characters(tmp_path):
+    """MLflow makes `q%3Fx=1%2541 %23s` (the store's escaped URI text) beside `q?x=1%41 #s` each time it
+    opens the store, the model registry included; ganflow removes it when the process ends."""
+    root = tmp_path / "q?x=1%41 #s"
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"DVC_ROOT": str(root)}
+    out = subprocess.run([sys.executable, "-c", STRAY_SCRIPT, str(tmp_path)], cwd=root, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == repr(["q%3Fx=1%2541 %23s", root.name])  # MLflow made it while the process ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]  # and it is gone after
+    assert (root / "mlflow.db").is_file()
 
 
 def test_a_store_that_fails_mid_run_spools_and_replays(tmp_path, monkeypatch):

@@ -4,15 +4,16 @@ that was moved or copied with its mlflow.db. Also the read-only look-ups of the 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import random
+import re
 import time
 import urllib.parse
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ganflow import GanflowError
 from ganflow.tracking.names import TAG_EXPERIMENT_KIND
@@ -50,16 +51,34 @@ def local_uri() -> str:
 
 
 def resolve_uri(cfg: TrackingConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or local_uri()
+    """The store this process tracks to (and the stray folders MLflow may make for it are removed at exit)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or local_uri()
+    _remove_stray_folders_at_exit(uri)
+    return uri
 
 
 def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of err's chain: MLflow and SQLAlchemy wrap the database's or the network's
+    error in text that hides it ("raised as a result of Query-invoked autoflush", "API request to … failed")."""
+    seen = {id(err)}
+    while (nxt := err.__cause__ or (None if err.__suppress_context__ else err.__context__)) and id(nxt) not in seen:
+        seen.add(id(nxt))
+        err = nxt
+    return err
+
+
 def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
+    """err's root cause in one line: its type and first line, object reprs dropped, cut at a word."""
+    err = root_cause(err)
+    text = re.sub(r"<[^<>]* at 0x[0-9a-f]+>:? ?", "", str(err)).strip()
+    line = text.splitlines()[0] if text else ""
+    if len(line) > 200:
+        line = line[:200].rsplit(" ", 1)[0] + " …"
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
 def retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
@@ -125,20 +144,27 @@ def _tables(path: Path) -> set[str]:
         return set()
 
 
-@contextmanager
-def _no_stray_folder(uri: str) -> Iterator[None]:
-    """MLflow creates an sqlite store's parent folder from the escaped URI text (a folder literally
-    named `q%3Fx=1` beside `q?x=1`): remove it again when it is new and empty."""
-    stray = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") and "%" in uri else None
-    new = [p for p in (stray, *stray.parents) if not p.exists()] if stray else []
-    try:
-        yield
-    finally:
-        for p in new:
-            try:
-                p.rmdir()
-            except OSError:
-                break
+_STRAY: set[Path] = set()  # folders MLflow may create from an escaped sqlite URI, removed at exit
+
+
+def _remove_stray_folders_at_exit(uri: str) -> None:
+    """MLflow makes an sqlite store's parent folder from the URI text, escapes and all, each time it opens
+    the store (every client, the model registry too): a folder literally named `q%3Fx=1` beside `q?x=1`.
+    Note those that do not exist yet; at exit remove them again if they are still empty."""
+    if not (uri.startswith("sqlite:///") and "%" in uri):
+        return
+    stray = Path(uri.removeprefix("sqlite:///")).parent
+    if not _STRAY:
+        atexit.register(_remove_stray_folders)
+    _STRAY.update(p for p in (stray, *stray.parents) if not p.exists())
+
+
+def _remove_stray_folders() -> None:
+    for p in sorted(_STRAY, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+        try:
+            p.rmdir()
+        except OSError:  # not there, or not empty: not ours to remove
+            pass
 
 
 @dataclass
@@ -162,8 +188,9 @@ def start_error(uri: str, err: BaseException) -> str:
         "move the file away (a new one is made) or set tracking.uri / tracking.enabled: false"
     import requests
 
-    if isinstance(err, requests.exceptions.ConnectionError):  # from the /health probe: nothing listens
-        return f"{where}: MLflow server unreachable ({type(err).__name__}); {hint}"
+    unreachable = isinstance(err, requests.exceptions.ConnectionError) or isinstance(root_cause(err), OSError)
+    if is_remote(uri) and unreachable:  # the /health probe, or an API call MLflow wraps: nothing listens
+        return f"{where}: MLflow server unreachable ({first_line(err)}); {hint}"
     return f"{where}: not a usable MLflow store ({first_line(err)}); {hint}"
 
 
@@ -178,6 +205,7 @@ def connect(cfg: TrackingConfig) -> Store:
             raise GanflowError(start_error(uri, err)) from None
         log.warning("tracking store %s unusable (%s): logging to the local store instead", uri, first_line(err))
     uri = local_uri()
+    _remove_stray_folders_at_exit(uri)
     try:
         return _connect(uri, cfg.experiment)
     except Exception as err:
@@ -191,10 +219,9 @@ def _connect(uri: str, experiment: str) -> Store:
 
         requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
     _check_sqlite_file(uri)
-    with _no_stray_folder(uri):
-        mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient(uri)
-        exp_id = retry(lambda: _experiment(mlflow, client, uri, experiment), "set_experiment").experiment_id
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp_id = retry(lambda: _experiment(mlflow, client, uri, experiment), "set_experiment").experiment_id
     if uri == local_uri():
         follow_moved_project()
     return Store(uri, client, exp_id)
@@ -204,12 +231,16 @@ def _experiment(mlflow, client, uri: str, name: str):
     """The experiment `name`, created on first use. With a local sqlite store its artifacts go to
     <project root>/mlruns: MLflow would put them under the current folder, which for
     `dvc exp run --temp/--queue` is a temp copy that DVC deletes."""
-    if mlflow.get_experiment_by_name(name) is None and uri.startswith("sqlite:"):
+    found = mlflow.get_experiment_by_name(name)
+    if found is None and uri.startswith("sqlite:"):
         try:
             mlflow.create_experiment(name, artifact_location=(project_root() / "mlruns").as_uri())
         except Exception as err:  # created meanwhile by a parallel experiment
             if "already exists" not in str(err):
                 raise
+    elif found is not None and found.lifecycle_stage != "active":  # MLflow: "Cannot set a deleted experiment"
+        raise GanflowError(f"tracking.experiment {name!r} (id {found.experiment_id}) is deleted in {uri}: restore it "
+                           f"(mlflow experiments restore -x {found.experiment_id}) or set another tracking.experiment")
     exp = mlflow.set_experiment(name)
     if exp.tags.get(TAG_EXPERIMENT_KIND) != "custom_model_development":  # the UI's model-training layout
         client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, "custom_model_development")
