@@ -183,3 +183,14 @@ def test_a_node_that_cannot_see_the_checkpoint_folder_is_refused(ws):
     assert [rc for rc, _ in results] == [1, 1]
     assert all(error_lines(t) for _, t in results)  # (a node that loses node 0 meanwhile may say that instead)
     assert any("needs a shared file system" in ln for _, t in results for ln in error_lines(t)), [t[-2000:] for _, t in results]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the check compares with the node's CUDA devices")
+def test_more_processes_than_cuda_devices_on_a_node_is_one_line(ws):
+    n = torch.cuda.device_count() + 1
+    params = params_file(ws, "too-many", devices=n, train={"device": "cuda"})
+    [(rc, text)] = finish(start(ws, params, ws / "too-many"))
+    assert rc == 1
+    assert any(f"runs {n} training processes (train.devices / --nproc-per-node) but has {n - 1} CUDA devices" in ln
+               for ln in error_lines(text)), text[-2000:]
+    assert not (ws / "too-many" / "ckpt.pt").exists()
