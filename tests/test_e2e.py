@@ -122,7 +122,7 @@ def test_mlflow_run_provenance_review_and_registry(project):
     steps = sorted({int(p.path.split("+step+")[1].split("+")[0]) for p in client.list_artifacts(run.info.run_id, "images")
                     if "train_grid+step+" in p.path})
     assert steps[0] == 0 and 20 in steps  # the slider starts at the untrained G
-    assert json.loads((root / "metrics/mlflow_run.json").read_text())["mlflow_run_id"] == run.info.run_id
+    assert json.loads((root / ".ganflow/mlflow_run.json").read_text())["mlflow_run_id"] == run.info.run_id
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags[tracking.TAG_EXPERIMENT_KIND] == "custom_model_development"
     version = client.get_model_version_by_alias("ganflow-generator", tracking.CHAMPION)
@@ -146,7 +146,7 @@ def test_changed_eval_params_rerun_evaluate_only_into_a_nested_run(own_copy):
     assert child.data.tags["mlflow.parentRunId"] == trained.info.run_id and child.data.params["evaluate.kid_subset_size"] == "40"
     assert child.info.run_name.startswith("evaluate of baseline") and "kid_subset_size=40" in child.info.run_name
     assert runs[trained.info.run_id].data.metrics == trained.data.metrics  # untouched
-    assert json.loads((root / "metrics/mlflow_run.json").read_text())["mlflow_run_id"] == child.info.run_id
+    assert json.loads((root / ".ganflow/mlflow_run.json").read_text())["mlflow_run_id"] == child.info.run_id
     diff = json.loads(dvc(root, env, "metrics", "diff", "--json").stdout)  # against HEAD's committed metrics
     assert "kid_classifier" in diff["metrics/eval.json"]
 

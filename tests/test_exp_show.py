@@ -47,7 +47,7 @@ def test_protocol_detail_is_a_file_not_metric_columns(project):
     # Created), every metric, every key of params.yaml, every non-param dependency of every stage
     params = sum(1 for _ in _flat(yaml.safe_load((root / "params.yaml").read_text())))
     deps = {d for s in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values() for d in s.get("deps", [])}
-    numeric = {k for f in ("eval.json", "evaluator.json", "mlflow_run.json")
+    numeric = {k for f in ("eval.json", "evaluator.json")
                for k, v in json.loads((root / "metrics" / f).read_text()).items() if not isinstance(v, dict)}
     print(f"plain dvc exp show: {len(head) - 3} table columns = 2 + {len(numeric)} metrics + {params} params + {len(deps)} deps")
     assert len(head) == 5 + len(numeric) + params + len(deps)
