@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT, dvc, make_project, sh
 
 # The README's compare recipe (docs/team.md): the changed params, the headline scores, no hashes
-RECIPE = ["exp", "show", "--only-changed", "--drop", ".*/|samples$|Created|.*_std_|protocol$|mlflow_",
+RECIPE = ["exp", "show", "--only-changed", "--drop", ".*/|samples$|Created|.*_std_|protocol$",
           "--keep", "fid_classifier|fid_low|fid_high|precision_classifier|recall_classifier|n_samples",
           "--sort-by", "fid_classifier", "--csv"]
 
