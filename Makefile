@@ -30,11 +30,14 @@ repro: setup
 # The whole pipeline at try-it-out size (a 1-epoch evaluator, 300 steps, 500 samples), as a DVC experiment
 # in a temp copy (`dvc exp run --temp`): the workspace, params.yaml and the model registry stay as they are;
 # `dvc exp show` lists it. Add your own changes: make quick S="train.lr_g=0.001 train.loss=non-saturating"
+# One CPU thread (QUICK_THREADS): on a shared, loaded 2-core machine torch's two threads wait for each other,
+# and train ran 5-8x faster on one (1,040 against 127-207 img/s, docs/team.md); a GPU run is unaffected.
+QUICK_THREADS ?= 1
 QUICK := evaluator.epochs=1 train.steps=300 train.resume=false train.eval_every=0 train.sample_every=100 \
 	train.checkpoint_every=100 sample.n=500 evaluate.bootstrap=50 evaluate.inception=off evaluate.cas=off \
 	tracking.registered_model=null
 quick: setup
-	$(BIN)/dvc exp run --temp $(addprefix -S ,$(QUICK) $(S))
+	OMP_NUM_THREADS=$(QUICK_THREADS) $(BIN)/dvc exp run --temp $(addprefix -S ,$(QUICK) $(S))
 
 # everything, as CI runs it (25 min measured on a shared 2-core machine)
 test: setup

@@ -5,7 +5,9 @@ samples sample.n images, then runs the evaluate stage as dvc.yaml runs it, alter
 evaluate.bootstrap=0 and the default, after one warm-up run that fills the real-feature cache.
 Prints each run's wall time and the ratio of the medians (the issue's goal: <= 1.3 at 5,000 samples).
 
-    python bench/bootstrap_time.py [--n 5000] [--rounds 2] [--out DIR (default: $TMPDIR/ganflow-bootstrap-bench)]
+    python bench/bootstrap_time.py [--n 5000] [--rounds 2] [--out DIR (default: $TMPDIR/ganflow-bootstrap-bench)] [--reuse]
+
+--reuse keeps DIR's project from an earlier run at the same --n (only the evaluate runs are timed again).
 """
 
 from __future__ import annotations
@@ -42,10 +44,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000, help="samples scored")
     ap.add_argument("--rounds", type=int, default=2, help="pairs of evaluate runs (with, without the interval)")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "ganflow-bootstrap-bench")
+    ap.add_argument("--reuse", action="store_true", help="keep the project an earlier run left in --out")
     a = ap.parse_args()
     work = a.out.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    reuse = a.reuse and (work / "samples").is_dir()
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in SCRATCH.items():
         params[section].update(values)
@@ -57,7 +62,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "TORCH_HOME": str(work / ".torch")}
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name in ("prepare", "fit_evaluator", "train", "sample"):
+    for name in () if reuse else ("prepare", "fit_evaluator", "train", "sample"):
         print(f"{name:<14}{run(stages[name], work, env):7.1f} s", flush=True)
     print(f"{'warm-up':<14}{run(stages['evaluate'], work, env, 'params_noboot.yaml'):7.1f} s  (fills the feature cache)")
     times: dict[str, list[float]] = {"without": [], "with": []}

@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("pairs", help="output: the samples nearest a training image, above those images (PNG)")
     ap.add_argument("--grid", help="the sample grid, logged with the scores")
     ap.add_argument("--protocol-out", help="output: the protocol's hash and fields (JSON; not a metrics file)")
-    ap.add_argument("--run-out", help="output: the MLflow run ids (JSON), for `dvc exp show`")
+    ap.add_argument("--run-out", help="output: the MLflow run ids (JSON; dvc.yaml: .ganflow/, untracked: they differ on every re-run)")
     a = ap.parse_args(argv)
     params = load_params(a.params)
 

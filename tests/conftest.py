@@ -290,6 +290,7 @@ def make_project(root: Path, overrides: dict | None = None) -> dict:
     sh("git", "init", "-q", cwd=root, env=env)
     dvc(root, env, "init", "-q")
     shutil.copy(ROOT / ".dvc" / "config", root / ".dvc" / "config")  # the shipped default remote too
+    shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")  # bytecode caches are no part of a dep
     sh("git", "add", "-A", cwd=root, env=env)
     sh("git", "commit", "-qm", "tiny project", cwd=root, env=env)
     return env

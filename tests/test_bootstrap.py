@@ -51,6 +51,26 @@ def test_batched_fid_matches_torch_fidelity_per_pair():
         np.testing.assert_allclose(float(batched[i]), m.fid(a[torch.from_numpy(rows)], b), rtol=1e-6)
 
 
+def test_a_dead_feature_takes_the_eigen_path_and_agrees_with_torch_fidelity():
+    """A feature that is 0 in every row (a dead ReLU) makes every Σ₁ singular: Cholesky fails and
+    √Σ₁ comes from the eigen-decomposition; the FIDs still equal torch-fidelity's, and the thread
+    count is restored after the interval."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.relu(torch.randn(400, 12, generator=g))
+    a[:, 3] = 0
+    b = torch.relu(torch.randn(300, 12, generator=g) + 0.2)
+    idx = [np.random.default_rng(i).integers(0, len(a), len(a)) for i in range(3)]
+    mu_a, cov_a = m._resampled_stats(a, idx)
+    assert (torch.linalg.cholesky_ex(cov_a)[1] > 0).all()
+    mu_b, cov_b = m._resampled_stats(b, [np.arange(len(b))] * 3)
+    batched = m._fid_batch(mu_a, cov_a, mu_b, cov_b)
+    for i, rows in enumerate(idx):
+        np.testing.assert_allclose(float(batched[i]), m.fid(a[torch.from_numpy(rows)], b), rtol=1e-6)
+    threads = torch.get_num_threads()
+    m.fid_interval(a, b, 10, 0)
+    assert torch.get_num_threads() == threads
+
+
 def test_rank_deficient_features_give_a_finite_interval():
     """Fewer samples than dimensions (singular covariances): no NaN, as with torch-fidelity's complex sqrt."""
     g = torch.Generator().manual_seed(0)

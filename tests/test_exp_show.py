@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT, dvc, make_project, sh
 
 # The README's compare recipe (docs/team.md): the changed params, the headline scores, no hashes
-RECIPE = ["exp", "show", "--only-changed", "--drop", ".*/|samples$|Created|.*_std_|protocol$|mlflow_",
+RECIPE = ["exp", "show", "--only-changed", "--drop", ".*/|samples$|Created|.*_std_|protocol$",
           "--keep", "fid_classifier|fid_low|fid_high|precision_classifier|recall_classifier|n_samples",
           "--sort-by", "fid_classifier", "--csv"]
 
@@ -47,10 +47,13 @@ def test_protocol_detail_is_a_file_not_metric_columns(project):
     # Created), every metric, every key of params.yaml, every non-param dependency of every stage
     params = sum(1 for _ in _flat(yaml.safe_load((root / "params.yaml").read_text())))
     deps = {d for s in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values() for d in s.get("deps", [])}
-    numeric = {k for f in ("eval.json", "evaluator.json", "mlflow_run.json")
+    numeric = {k for f in ("eval.json", "evaluator.json")
                for k, v in json.loads((root / "metrics" / f).read_text()).items() if not isinstance(v, dict)}
     print(f"plain dvc exp show: {len(head) - 3} table columns = 2 + {len(numeric)} metrics + {params} params + {len(deps)} deps")
     assert len(head) == 5 + len(numeric) + params + len(deps)
+    # the code is one column per stage (closures/<stage>.txt), not one per module: 112 on the default
+    assert not [c for c in head if c.endswith(".py") or c.startswith("src/")]
+    assert len([c for c in head if c.startswith("closures/")]) == len(yaml.safe_load((root / "dvc.yaml").read_text())["stages"]) - 1
 
 
 @pytest.mark.slow

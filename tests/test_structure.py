@@ -1,12 +1,12 @@
-"""The code's shape: dvc.yaml deps are the stages' import closures, imports point one way, and the
-checkpoint's code hash comes from the same closure."""
+"""The code's shape: each stage's code dep (closures/<stage>.txt) is its import closure, imports point one
+way, and the checkpoint's code hash comes from the same closure."""
 
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, TINY_TRAIN
+from conftest import ROOT, TINY_TRAIN, call_stage
 from ganflow import deps, training
 from ganflow.config import parse_params
 
@@ -20,25 +20,24 @@ def stage_scripts() -> dict[str, Path]:
     return out
 
 
-def listed_deps(stage: dict) -> set[str]:
-    """dvc.yaml deps as files (a folder stands for every .py under it)."""
-    files = set()
-    for dep in stage["deps"]:
-        p = ROOT / dep
-        files |= {f.relative_to(ROOT).as_posix() for f in p.rglob("*.py")} if p.is_dir() else {dep}
-    return files
-
-
-def test_dvc_deps_are_exactly_each_stages_import_closure():
+def test_each_stage_depends_on_its_import_closure_through_the_closures_stage(tmp_path, monkeypatch):
+    """Every stage's code dep is closures/<stage>.txt, the closures stage writes each as the sha256 of
+    exactly the files of the script's import closure, and that stage's deps hold every such file."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, script in stage_scripts().items():
-        closure = {p.relative_to(ROOT).as_posix() for p in deps.closure(script)}
-        listed = {d for d in listed_deps(stages[name]) if d.endswith(".py")}
-        missing, extra = closure - listed, listed - closure
-        assert not missing and not extra, (
-            f"dvc.yaml stage {name}: deps missing {sorted(missing)}, not imported {sorted(extra)} "
-            "(`ganflow deps` prints the right lists)"
-        )
+    producer = stages.pop("closures")
+    listed = [w for w in producer["cmd"].split() if w.startswith("stages/") and w != "stages/closures.py"]
+    assert sorted(listed) == sorted(f"stages/{name}.py" for name in stages)
+    assert [next(iter(o)) for o in producer["outs"]] == [f"closures/{Path(s).stem}.txt" for s in listed]
+    monkeypatch.chdir(ROOT)
+    run = call_stage("closures", str(tmp_path), *listed)
+    assert run.returncode == 0, run.stderr
+    for name, stage in stages.items():
+        code = [d for d in stage["deps"] if d.endswith(".py") or d.startswith(("src/", "stages", "closures/"))]
+        assert code == [f"closures/{name}.txt"], (name, code)  # no module listed by hand
+        closure = {p.relative_to(ROOT).as_posix() for p in deps.closure(ROOT / "stages" / f"{name}.py")}
+        lines = (tmp_path / f"{name}.txt").read_text().splitlines()
+        assert {line.split("  ", 1)[1] for line in lines} == closure, name
+        assert all(any(f == d or f.startswith(d + "/") for d in producer["deps"]) for f in closure), name
 
 
 def test_closure_follows_lazy_imports_packages_and_discovery_but_not_type_checking(tmp_path):

@@ -5,7 +5,7 @@
   ganflow sample --model URI -n 64 --out F    a grid from a registered model or a generator file
   ganflow champion [--apply]                  the champion re-decided across all versions at equal protocol
   ganflow ui [--port 5000]                    the MLflow UI on 127.0.0.1, opened in its model-training layout
-  ganflow deps stages/train.py ...            each stage's library files, as dvc.yaml lists them
+  ganflow deps stages/train.py ...            each stage's library files, as closures/<stage>.txt hashes them
   ganflow evaluate --samples DIR              score any folder of PNGs with the evaluate stage's protocol
   ganflow compare A.json B.json               two eval.json side by side; refused when their protocols differ
   ganflow launch [--params params.yaml]       this host joins a multi-node train stage (nodes.*; docs/scale.md)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     ui.add_argument("--params", default="params.yaml")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--print-url", action="store_true", help="only print the link")
-    dep = sub.add_parser("deps", help="print the ganflow files each stage script imports (its dvc.yaml deps)")
+    dep = sub.add_parser("deps", help="print the ganflow files each stage script imports (what closures/<stage>.txt hashes)")
     dep.add_argument("scripts", nargs="+")
     ev = sub.add_parser("evaluate", help="score a folder of PNGs against the prepared data (outside DVC too)")
     ev.add_argument("--samples", required=True, help="folder of PNGs, the prepared data's size")

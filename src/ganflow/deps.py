@@ -1,6 +1,6 @@
 """Which library files a piece of code depends on: the import closure of a module or stage script
 within the ganflow package. It is the one source of truth for two things that must never drift
-from the code: the `deps` of each stage in dvc.yaml (a test checks them against it) and the code
+from the code: each stage's code dep for DVC (closures/<stage>.txt, written by stages/closures.py) and the code
 hash in a training checkpoint's fingerprint.
 
 Rules: every `import` / `from … import` statement counts, also inside functions (a lazy import is

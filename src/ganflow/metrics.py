@@ -28,6 +28,8 @@ import io
 import json
 import logging
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -354,38 +356,72 @@ def fid_interval(fake: torch.Tensor, real: torch.Tensor, reps: int, seed: int) -
 
     The resamples are the same draws as indexing rows (`rng.integers`), held as counts: a resample's
     mean and covariance are the count-weighted ones of the original rows (Efron & Tibshirani 1993,
-    §6.2, the resampling vector), computed for all resamples in batched float64 matrix products
-    instead of one np.cov per resample. tr√(Σ₁Σ₂) comes from the eigenvalues of A Σ₂ A with
-    A = √Σ₁ (the same nonzero eigenvalues as Σ₁Σ₂, and symmetric, so batched `eigvalsh`)."""
+    §6.2, the resampling vector), so all resamples' covariances are one matrix product (see
+    `_resampled_stats`). tr√(Σ₁Σ₂) comes from the eigenvalues of Lᵀ Σ₂ L with Σ₁ = L Lᵀ (Cholesky;
+    the same nonzero eigenvalues as Σ₁Σ₂, and symmetric, so batched `eigvalsh`).
+
+    It runs on one thread: B small LAPACK calls and a memory-bound product gain nothing from more,
+    and on a loaded CPU the thread pool's waiting made batched `eigvalsh` 100x slower (0.1 s on one
+    thread, 0.4-38 s on two, 200 matrices of 128², bench/bootstrap_time.py)."""
     point = fid(fake, real)
     rng = np.random.default_rng(seed)
     draws = [(rng.integers(0, len(fake), len(fake)), rng.integers(0, len(real), len(real))) for _ in range(reps)]
-    mu_f, cov_f = _resampled_stats(fake, [d[0] for d in draws])
-    mu_r, cov_r = _resampled_stats(real, [d[1] for d in draws])
-    boot = _fid_batch(mu_f, cov_f, mu_r, cov_r).numpy()
+    with _one_thread():
+        mu_f, cov_f = _resampled_stats(fake, [d[0] for d in draws])
+        mu_r, cov_r = _resampled_stats(real, [d[1] for d in draws])
+        boot = _fid_batch(mu_f, cov_f, mu_r, cov_r).numpy()
     lo, hi = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     return 2 * point - float(hi), 2 * point - float(lo)
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+PACKED_BYTES = 2**27  # rows' packed outer products held at a time by _resampled_stats (128 MiB)
+
+
 def _resampled_stats(x: torch.Tensor, draws: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Means (B×D) and covariances (B×D×D, ddof 1: np.cov's) of the rows x[d] for each index array d,
-    as count-weighted statistics of x's rows (centred first, so the float64 sums lose nothing)."""
+    as count-weighted statistics of x's rows (centred first, so the float64 sums lose nothing).
+    Σ_i w_i x_i x_iᵀ for all B count vectors w at once: the counts (B×N) times each row's outer
+    product, packed to its D(D+1)/2 upper-triangle entries (N×D(D+1)/2, a block of rows at a time):
+    one large matrix product, half the multiplications of B separate Xᵀ·diag(w)·X and far faster
+    than them on a CPU (they are memory-bound)."""
     x = x.double()
     centre = x.mean(0)
     x = x - centre
-    n = len(x)
-    counts = torch.from_numpy(np.stack([np.bincount(d, minlength=n) for d in draws])).double()  # B×N
+    n, d = x.shape
+    counts = torch.from_numpy(np.stack([np.bincount(i, minlength=n) for i in draws])).double()  # B×N
     mu = counts @ x / n
-    cov = torch.stack([(x.T * w) @ x for w in counts])  # Σ w_i x_i x_iᵀ, one GEMM per resample
+    iu = torch.triu_indices(d, d)
+    packed = torch.zeros(len(counts), iu.shape[1], dtype=torch.float64)
+    step = max(1, PACKED_BYTES // (8 * iu.shape[1]))
+    for s in range(0, n, step):
+        rows = x[s : s + step]
+        packed += counts[:, s : s + step] @ (rows[:, iu[0]] * rows[:, iu[1]])
+    cov = torch.empty(len(counts), d, d, dtype=torch.float64)
+    cov[:, iu[0], iu[1]] = packed
+    cov[:, iu[1], iu[0]] = packed
     cov = (cov - n * mu[:, :, None] * mu[:, None, :]) / (n - 1)
     return mu + centre, cov
 
 
 def _fid_batch(mu1: torch.Tensor, s1: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-    """FID of B pairs of Gaussians: ‖μ₁-μ₂‖² + tr Σ₁ + tr Σ₂ - 2 tr√(Σ₁Σ₂), batched."""
-    lam, v = torch.linalg.eigh(s1)
-    a = (v * lam.clamp_min(0).sqrt()[:, None, :]) @ v.mT  # √Σ₁
-    m = a @ s2 @ a
+    """FID of B pairs of Gaussians: ‖μ₁-μ₂‖² + tr Σ₁ + tr Σ₂ - 2 tr√(Σ₁Σ₂), batched. Σ₁ = L Lᵀ by
+    Cholesky; where Σ₁ is singular (fewer distinct rows than dimensions, dead features) L = √Σ₁
+    from its eigen-decomposition instead. Either way Lᵀ Σ₂ L has Σ₁Σ₂'s eigenvalues."""
+    low, info = torch.linalg.cholesky_ex(s1)
+    if (bad := info > 0).any():
+        lam, v = torch.linalg.eigh(s1[bad])
+        low[bad] = (v * lam.clamp_min(0).sqrt()[:, None, :]) @ v.mT
+    m = low.mT @ s2 @ low
     tr_covmean = torch.linalg.eigvalsh((m + m.mT) / 2).clamp_min(0).sqrt().sum(1)
     diff = mu1 - mu2
     return (diff * diff).sum(1) + s1.diagonal(dim1=1, dim2=2).sum(1) + s2.diagonal(dim1=1, dim2=2).sum(1) - 2 * tr_covmean
