@@ -1,7 +1,7 @@
 """Validation of the label-free (SimCLR) feature space on mnist-5k with its labels hidden: the table in
 docs/unlabelled.md, and the helpers tests/test_unlabelled.py asserts the same properties with.
 
-    python bench/unlabelled.py [--out bench/out/unlabelled.json] [--steps 1000] [--n 1000]
+    python bench/unlabelled.py [--out bench/out/unlabelled.json] [--steps 25,50,...] [--n 1000]
 
 1. Times the fit_evaluator stage (wall and CPU) on a flat folder of the 5,000 digits (no labels: it
    fits the encoder with the params.yaml recipe), after the prepare stage made data/prepared of it.
@@ -9,8 +9,8 @@ docs/unlabelled.md, and the helpers tests/test_unlabelled.py asserts the same pr
    bootstrap interval (the floor: the interval reaches 0).
 3. FD of degraded held-out images: Gaussian blur and pixel noise at 3 strengths each, and one class
    removed from a draw of training images at 0 / 50 / 100 %.
-4. Rank agreement: FD of generator snapshots (checkpoints along one unconditional dcgan run, plus a
-   `seed`-arch run) in the SimCLR space and in the classifier space (a classifier fitted on the true
+4. Rank agreement: FD of generator snapshots (checkpoints about x1.5 apart in steps along one
+   unconditional dcgan run, plus a `seed`-arch run that collapses) in the SimCLR space and in the classifier space (a classifier fitted on the true
    labels, for reference only); Spearman's rho between the two rankings.
 """
 
@@ -86,9 +86,13 @@ def floor(ds: ImageSet, train: np.ndarray, heldout: np.ndarray, space: str, path
     return {"fd": m.fid(a, b), "low": lo, "high": hi}
 
 
-def snapshots(train_set: ImageSet, steps: int, every: int, n: int, seed_steps: int, width: int = 32) -> list[tuple[str, np.ndarray]]:
-    """(name, n samples) of the EMA generator every `every` steps of one unconditional dcgan run, then of
-    a `seed`-arch run of `seed_steps` steps."""
+DCGAN_STEPS = (25, 50, 100, 200, 300, 400, 600, 800, 1200, 1600)  # about x1.5 apart: snapshots of clearly different quality
+SEED_STEPS = (100, 300, 600)  # the `seed` arch collapses (one blurred digit) by step 300
+
+
+def snapshots(train_set: ImageSet, dcgan_steps, seed_steps, n: int, width: int = 32) -> list[tuple[str, np.ndarray]]:
+    """(name, n samples) of the EMA generator of one unconditional dcgan run at each of `dcgan_steps`,
+    then of one `seed`-arch run at each of `seed_steps`."""
     from ganflow import accel
     from ganflow.outputs import TrainOutputs, TrainPaths
     from ganflow.sampling import generate
@@ -96,20 +100,22 @@ def snapshots(train_set: ImageSet, steps: int, every: int, n: int, seed_steps: i
 
     out: list[tuple[str, np.ndarray]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        for arch, n_steps, ev in (("dcgan", steps, every), ("seed", seed_steps, seed_steps)):
-            params = parse_params({"train": {"arch": arch, "steps": n_steps, "eval_every": ev, "device": "cpu", "width": width,
-                                             "log_every": ev, "sample_every": n_steps, "checkpoint_every": n_steps}})
+        for arch, wanted in (("dcgan", dcgan_steps), ("seed", seed_steps)):
+            every = int(np.gcd.reduce(list(wanted)))  # the selection job runs every gcd steps and keeps the wanted ones
+            params = parse_params({"train": {"arch": arch, "steps": max(wanted), "eval_every": every, "device": "cpu",
+                                             "width": width, "log_every": every, "sample_every": max(wanted),
+                                             "checkpoint_every": max(wanted)}})
             accel.seed_everything(0, CPU)
             t = Trainer(params, train_set, "bench")
 
-            def keep(G, arch=arch, t=t):
-                out.append((f"{arch} step {t.state.step}", generate(G, 1, 0, n, CPU).numpy()))
-                return float(len(out))
+            def keep(G, arch=arch, t=t, wanted=wanted):
+                if t.state.step in wanted:
+                    out.append((f"{arch} step {t.state.step}", generate(G, 1, 0, n, CPU).numpy()))
+                return 0.0
 
-            t.run(TrainOutputs(TrainPaths(*(d / f for f in ("g.pt", "c.pt", "l.tsv", "g.png", "b.pt", "f.tsv")))),
-                  selection=Selection("snapshot", keep))
-            (d / "c.pt").unlink(missing_ok=True)
+            paths = TrainPaths.under(Path(tmp) / arch)
+            paths.checkpoint.parent.mkdir()
+            t.run(TrainOutputs(paths), selection=Selection("snapshot", keep))
     return out
 
 
@@ -150,9 +156,8 @@ def time_stage(tmp: Path, ds: ImageSet) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "bench/out/unlabelled.json"))
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--every", type=int, default=125)
-    ap.add_argument("--seed-steps", type=int, default=300)
+    ap.add_argument("--steps", default=",".join(map(str, DCGAN_STEPS)), help="dcgan snapshot steps, comma-separated")
+    ap.add_argument("--seed-steps", default=",".join(map(str, SEED_STEPS)), help="seed-arch snapshot steps")
     ap.add_argument("--n", type=int, default=1000, help="samples per snapshot")
     ap.add_argument("--width", type=int, default=32, help="train.width of the snapshot runs")
     ap.add_argument("--encoder", type=Path, help="an evaluator file fitted by a previous run's stage: skip the timing")
@@ -186,8 +191,9 @@ def main() -> None:
                           "degradations": degradations(ds, train, heldout, space, path, 2000)}
             print(space, res[space], flush=True)
         if not a.only_simclr:
-            snaps = snapshots(ImageSet(ds.images[train], None, []), a.steps, a.every, a.n, a.seed_steps, a.width)
-            res["snapshot_runs"] = {"dcgan_steps": a.steps, "every": a.every, "seed_steps": a.seed_steps, "n": a.n, "width": a.width}
+            steps, seed_steps = ([int(s) for s in v.split(",")] for v in (a.steps, a.seed_steps))
+            snaps = snapshots(ImageSet(ds.images[train], None, []), steps, seed_steps, a.n, a.width)
+            res["snapshot_runs"] = {"dcgan_steps": steps, "seed_steps": seed_steps, "n": a.n, "width": a.width}
             res["ranking"] = rank_agreement(snaps, ds, train, paths)
             print(res["ranking"], flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
