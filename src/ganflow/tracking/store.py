@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import re
+import socket
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -188,7 +189,8 @@ def start_error(uri: str, err: BaseException) -> str:
         "move the file away (a new one is made) or set tracking.uri / tracking.enabled: false"
     import requests
 
-    unreachable = isinstance(err, requests.exceptions.ConnectionError) or isinstance(root_cause(err), OSError)
+    # refused, reset or no such host; a server that accepts and never answers (a timeout) is reachable
+    unreachable = isinstance(err, requests.exceptions.ConnectionError) or isinstance(root_cause(err), (ConnectionError, socket.gaierror))
     if is_remote(uri) and unreachable:  # the /health probe, or an API call MLflow wraps: nothing listens
         return f"{where}: MLflow server unreachable ({first_line(err)}); {hint}"
     return f"{where}: not a usable MLflow store ({first_line(err)}); {hint}"
