@@ -94,6 +94,7 @@ def _one_of(names: Callable[[], list[str]] | tuple[str, ...]):
 
 
 STACKED_SOURCE = "stacked-mnist"  # the mode-coverage benchmark's data (ganflow.stacked)
+SAMPLES, STACKED_SAMPLES = 5000, 26_000  # sample.n auto: the default; on stacked-mnist, the published protocol's (ganflow.stacked)
 
 
 class PrepareConfig(_Section):
@@ -152,6 +153,25 @@ def graph_blocker(device: str, data_parallel: bool, compiled: bool) -> str | Non
     if compiled:
         return "train.compile is on; the two are not combined"
     return None
+
+
+class UnconditionalRecipe(_Section):
+    """the recipe when training is unconditional (train.conditional false, or auto on stacked-mnist): each key set replaces the train key of its name (null: keep it); chosen by the issue-18 sweep (docs/sweep.md)"""
+
+    loss: str | None = Field(None, description="train.loss when unconditional")
+    r1: Annotated[float, Field(ge=0)] | None = Field(None, description="train.r1 when unconditional")
+    r2: Annotated[float, Field(ge=0)] | None = Field(None, description="train.r2 when unconditional")
+    gamma_schedule: Literal["constant", "cosine"] | None = Field(None, description="train.gamma_schedule when unconditional")
+    lr_g: PosFloat | None = Field(None, description="train.lr_g when unconditional")
+    lr_d: PosFloat | None = Field(None, description="train.lr_d when unconditional")
+    steps: PosInt | None = Field(None, description="train.steps when unconditional")
+    width: Annotated[int, Field(gt=0, le=1024)] | None = Field(None, description="train.width when unconditional")
+    ema: Annotated[float, Field(ge=0)] | None = Field(None, description="train.ema when unconditional")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str | None) -> str | None:
+        return v if v is None else _one_of(LOSS_NAMES)(cls, v)
 
 
 class TrainConfig(_Section):
@@ -220,6 +240,7 @@ class TrainConfig(_Section):
         1000, description="steps between classifier-FID checks (metrics/fid_curve.tsv) that pick the best G (0: off)"
     )
     eval_samples: Annotated[int, Field(ge=MIN_EVAL_SAMPLES, le=50_000)] = Field(1000, description="samples per check")
+    unconditional: UnconditionalRecipe = UnconditionalRecipe()
 
     _arch = field_validator("arch")(_one_of(arch_names))
     _loss = field_validator("loss")(_one_of(LOSS_NAMES))
@@ -255,7 +276,9 @@ class TrainConfig(_Section):
 class SampleConfig(_Section):
     """sample stage: the images written to samples/ from the trained generator"""
 
-    n: Annotated[int, Field(ge=6, le=10_000_000)] = Field(5000, description="images written to samples/ (at least 6: the k-NN scores use k = 5)")
+    n: Annotated[int, Field(ge=6, le=10_000_000)] | Literal["auto"] = Field(
+        "auto", description="images written to samples/ (at least 6: the k-NN scores use k = 5); auto: 5,000, on stacked-mnist 26,000 (the benchmark's protocol)"
+    )
     seed: Annotated[int, Field(ge=0)] = Field(1, description="image i depends on (seed, i) only")
     batch_size: BatchSize = Field(512, description="images generated at a time (rounded to a multiple of 64)")
     classes: list[Annotated[int, Field(ge=0)]] | None = Field(
@@ -349,21 +372,38 @@ class Params(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _stacked_trains_unconditionally(cls, raw: Any) -> Any:
+    def _unconditional_recipe(cls, raw: Any) -> Any:
         """The StackedMNIST benchmark trains unconditionally (its protocol): there train.conditional
-        auto resolves to false, and true is refused."""
+        auto resolves to false, and true is refused. Unconditional training (train.conditional false)
+        takes train.unconditional's keys in place of train's. sample.n auto resolves here too."""
         if not isinstance(raw, dict):
             return raw
+        stacked = _value(raw.get("prepare"), "source", None) == STACKED_SOURCE
+        sample = raw.get("sample")
+        if _value(sample, "n", "auto") == "auto" and (sample is None or isinstance(sample, (dict, BaseModel))):
+            raw = {**raw, "sample": {**_as_dict(sample), "n": STACKED_SAMPLES if stacked else SAMPLES}}
         train = raw.get("train")
-        if _value(raw.get("prepare"), "source", None) != STACKED_SOURCE or not (train is None or isinstance(train, (dict, BaseModel))):
+        if not (train is None or isinstance(train, (dict, BaseModel))):
             return raw
         conditional = _value(train, "conditional", "auto")
-        if conditional is True:
+        if stacked and conditional is True:
             raise ValueError(f"train.conditional is true, but prepare.source {STACKED_SOURCE} is benchmarked unconditionally: use auto or false")
-        if conditional == "auto":
-            train = train.model_copy(update={"conditional": False}) if isinstance(train, BaseModel) else {**(train or {}), "conditional": False}
-            raw = {**raw, "train": train}
+        if (stacked and conditional == "auto") or conditional is False:
+            train = _as_dict(train)
+            recipe = _as_dict(train.get("unconditional", UnconditionalRecipe()))
+            raw = {**raw, "train": {**train, **{k: v for k, v in recipe.items() if v is not None}, "conditional": False}}
         return raw
+
+
+def unconditional(params: Params) -> Params:
+    """params with train.conditional false (and so the unconditional recipe): what train.conditional
+    auto means where the data has no labels or the arch takes no classes."""
+    return Params.model_validate({**params.model_dump(), "train": {**params.train.model_dump(), "conditional": False}})
+
+
+def _as_dict(section: Any) -> dict:
+    """A section given as a mapping, a model or nothing, as a mapping."""
+    return section.model_dump() if isinstance(section, BaseModel) else dict(section or {})
 
 
 def _value(section: Any, key: str, default: Any) -> Any:
