@@ -451,7 +451,7 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 def _one_line(err: ValidationError, source: str) -> str:
     """The first validation error as `params.yaml: <key> <problem> (got <value>)`."""
     e = err.errors()[0]
-    key = ".".join(str(p) for p in e["loc"])
+    key = _key(e)
     if e["type"] == "extra_forbidden":
         close = difflib.get_close_matches(key, _known_keys(Params), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -463,8 +463,20 @@ def _one_line(err: ValidationError, source: str) -> str:
             msg = text
         else:
             msg = f"{key} {text[0].lower()}{text[1:]} (got {e['input']!r})"
-    more = len(err.errors()) - 1
+    more = len({_key(x) for x in err.errors()} - {key})  # a union's branches (int | auto) count once
     return f"{source}: {msg}" + (f" [and {more} more error(s)]" if more else "")
+
+
+def _key(e: dict) -> str:
+    """An error's location as a dot key, less the union branch names pydantic appends (`constrained-int`)."""
+    if e["type"] == "extra_forbidden":  # the unknown key itself
+        return ".".join(str(p) for p in e["loc"])
+    known, parts = set(_known_keys(Params)), []
+    for p in e["loc"]:
+        if not (isinstance(p, int) or ".".join(parts + [str(p)]) in known or not parts):
+            break
+        parts.append(str(p))
+    return ".".join(parts)
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
