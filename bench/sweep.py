@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from ganflow import accel, data  # noqa: E402
 from ganflow.config import parse_params  # noqa: E402
 from ganflow import evaluator, stacked  # noqa: E402
-from ganflow.config import STACKED_SOURCE, UnconditionalRecipe  # noqa: E402
+from ganflow.config import STACKED_SOURCE  # noqa: E402
 from ganflow.evaluation import evaluate  # noqa: E402
 from ganflow.sampling import generate  # noqa: E402
 from ganflow.training import Trainer, evaluating, training_set  # noqa: E402
@@ -103,12 +103,10 @@ CANDIDATES: dict[str, dict[str, object]] = {
 }
 # --data: what every candidate runs on (the overrides put before its own); the project's data/prepared and
 # models/evaluator.pt must have been made with the same prepare/evaluator params (dvc repro fit_evaluator).
-# Unconditional runs turn train.unconditional off (every key null), so that each candidate is what it says.
-NO_RECIPE = {f"train.unconditional.{k}": None for k in UnconditionalRecipe.model_fields}
 DATA: dict[str, dict[str, object]] = {
     "params": {},  # params.yaml as it is (labelled mnist-5k)
-    "uncond": {"train.conditional": False, **NO_RECIPE},  # mnist-5k, unconditional
-    "stacked": {"prepare.source": "stacked-mnist", "prepare.channels": 3, "sample.n": 26000, **NO_RECIPE},
+    "uncond": {"train.conditional": False},  # mnist-5k, unconditional
+    "stacked": {"prepare.source": "stacked-mnist", "prepare.channels": 3, "sample.n": 26000},
 }
 # overrides that leave the work of a step unchanged: candidates differing only in these share a calibration
 SPEED_NEUTRAL = {"train.lr_g", "train.lr_d", "train.lr_decay", "train.betas", "train.ema", "train.ema_rampup", "train.topk"}
@@ -131,7 +129,7 @@ def params_with(overrides: dict[str, object]) -> dict:
 def speed(overrides: dict[str, object]) -> str:
     """What decides a recipe's step speed: its overrides less the speed-neutral ones (LeCam: on or off)."""
     return repr(sorted((k, bool(v) if k == "train.lecam" else v) for k, v in overrides.items()
-                       if k.startswith(("train.", "prepare.")) and k not in SPEED_NEUTRAL and not k.startswith("train.unconditional.")))
+                       if k.startswith(("train.", "prepare.")) and k not in SPEED_NEUTRAL))
 
 
 def step_timer(overrides: dict[str, object], images) -> Callable[[float], float]:

@@ -7,8 +7,7 @@ import logging
 import sys
 
 from ganflow import accel, data, deps, distributed, metrics
-from ganflow.config import flatten, load_params, unconditional
-from ganflow.gan_step import n_classes
+from ganflow.config import flatten, load_params
 from ganflow.outputs import TrainOutputs, TrainPaths
 from ganflow.stage import stage
 from ganflow.tracking import Tracker, policy
@@ -40,8 +39,6 @@ def main(argv: list[str]) -> None:
     ds, meta = data.load_prepared(a.prepared)
     train_set = training_set(ds, meta, a.evaluator)  # less the evaluator's held-out images
     train_sha = data.content_hash(train_set)
-    if params.train.conditional == "auto" and not n_classes(params.train, train_set):
-        params = unconditional(params)  # data without labels (or an arch without classes): the unconditional recipe
     trainer = Trainer(params, train_set, train_sha, dist, code=deps.code_hash(__file__), device=device)
     trainer.try_resume(a.checkpoint)  # logs what it decided
     outputs = TrainOutputs(TrainPaths.from_args(a))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ganflow import evaluator, stacked
-from ganflow.config import EvaluateConfig, EvaluatorConfig, PrepareConfig, parse_params, unconditional
+from ganflow.config import EvaluateConfig, EvaluatorConfig, PrepareConfig, parse_params
 from ganflow.data import content_hash, load_source
 from ganflow.evaluation import evaluate
 
@@ -39,7 +39,6 @@ def test_build_is_deterministic_and_draws_only_the_evaluators_training_digits(mn
     ({"resolution": 64}, {}, "prepare.resolution must be 28 or 32 when prepare.source is stacked-mnist"),
     ({"stacked_n": 999}, {}, "prepare.stacked_n must be greater than or equal to 1000"),
     ({}, {"conditional": True}, "train.conditional is true, but prepare.source stacked-mnist is benchmarked unconditionally"),
-    ({}, {"unconditional": {"loss": "rp"}}, "loss must be one of hinge, non-saturating, rpgan, wgan-gp (got 'rp')"),
 ])
 def test_bad_input_is_one_line_naming_the_key(prepare, train, message):
     from ganflow.config import ConfigError
@@ -55,18 +54,7 @@ def test_stacked_mnist_trains_unconditionally_under_auto():
     assert parse_params({}).train.conditional == "auto"  # other sources keep auto
 
 
-def test_unconditional_training_takes_the_unconditional_recipe():
-    recipe = {"unconditional": {"loss": "rpgan", "r2": 5.0, "steps": 900}}
-    labelled = parse_params({"train": recipe}).train
-    assert (labelled.loss, labelled.r2, labelled.steps, labelled.conditional) == ("hinge", 0.0, 7000, "auto")
-    for raw in ({"train": recipe | {"conditional": False}}, {"prepare": STACKED, "train": recipe}):
-        params = parse_params(raw)
-        assert (params.train.loss, params.train.r2, params.train.steps, params.train.conditional) == ("rpgan", 5.0, 900, False)
-        assert parse_params(params.model_dump()) == params  # resolving again changes nothing
-    # null keeps the train key; auto where the data turns out to have no labels: config.unconditional
-    kept = parse_params({"train": {"conditional": False, "loss": "wgan-gp", "d_norm": "none", "unconditional": {"loss": None}}})
-    assert kept.train.loss == "wgan-gp"
-    assert unconditional(parse_params({"train": recipe})).train.loss == "rpgan"
+def test_sample_n_auto_is_the_benchmarks_protocol_on_stacked_mnist():
     # sample.n auto: the published protocol's 26,000 on stacked-mnist, else 5,000; a number is kept
     assert parse_params({"prepare": STACKED}).sample.n == 26_000 and parse_params({}).sample.n == 5000
     assert parse_params({"prepare": STACKED, "sample": {"n": 300}}).sample.n == 300

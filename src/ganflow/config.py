@@ -155,25 +155,6 @@ def graph_blocker(device: str, data_parallel: bool, compiled: bool) -> str | Non
     return None
 
 
-class UnconditionalRecipe(_Section):
-    """the recipe when training is unconditional (train.conditional false, or auto on stacked-mnist): each key set replaces the train key of its name (null: keep it); chosen by the issue-18 sweep (docs/sweep.md)"""
-
-    loss: str | None = Field(None, description="train.loss when unconditional")
-    r1: Annotated[float, Field(ge=0)] | None = Field(None, description="train.r1 when unconditional")
-    r2: Annotated[float, Field(ge=0)] | None = Field(None, description="train.r2 when unconditional")
-    gamma_schedule: Literal["constant", "cosine"] | None = Field(None, description="train.gamma_schedule when unconditional")
-    lr_g: PosFloat | None = Field(None, description="train.lr_g when unconditional")
-    lr_d: PosFloat | None = Field(None, description="train.lr_d when unconditional")
-    steps: PosInt | None = Field(None, description="train.steps when unconditional")
-    width: Annotated[int, Field(gt=0, le=1024)] | None = Field(None, description="train.width when unconditional")
-    ema: Annotated[float, Field(ge=0)] | None = Field(None, description="train.ema when unconditional")
-
-    @field_validator("loss")
-    @classmethod
-    def _loss(cls, v: str | None) -> str | None:
-        return v if v is None else _one_of(LOSS_NAMES)(cls, v)
-
-
 class TrainConfig(_Section):
     """train stage: the GAN, its optimisers, checkpoints and the best-G checks"""
 
@@ -240,7 +221,6 @@ class TrainConfig(_Section):
         1000, description="steps between classifier-FID checks (metrics/fid_curve.tsv) that pick the best G (0: off)"
     )
     eval_samples: Annotated[int, Field(ge=MIN_EVAL_SAMPLES, le=50_000)] = Field(1000, description="samples per check")
-    unconditional: UnconditionalRecipe = UnconditionalRecipe()
 
     _arch = field_validator("arch")(_one_of(arch_names))
     _loss = field_validator("loss")(_one_of(LOSS_NAMES))
@@ -372,10 +352,9 @@ class Params(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _unconditional_recipe(cls, raw: Any) -> Any:
+    def _stacked_protocol(cls, raw: Any) -> Any:
         """The StackedMNIST benchmark trains unconditionally (its protocol): there train.conditional
-        auto resolves to false, and true is refused. Unconditional training (train.conditional false)
-        takes train.unconditional's keys in place of train's. sample.n auto resolves here too."""
+        auto resolves to false, and true is refused. sample.n auto resolves here too."""
         if not isinstance(raw, dict):
             return raw
         stacked = _value(raw.get("prepare"), "source", None) == STACKED_SOURCE
@@ -383,22 +362,14 @@ class Params(_Section):
         if _value(sample, "n", "auto") == "auto" and (sample is None or isinstance(sample, (dict, BaseModel))):
             raw = {**raw, "sample": {**_as_dict(sample), "n": STACKED_SAMPLES if stacked else SAMPLES}}
         train = raw.get("train")
-        if not (train is None or isinstance(train, (dict, BaseModel))):
+        if not stacked or not (train is None or isinstance(train, (dict, BaseModel))):
             return raw
         conditional = _value(train, "conditional", "auto")
-        if stacked and conditional is True:
+        if conditional is True:
             raise ValueError(f"train.conditional is true, but prepare.source {STACKED_SOURCE} is benchmarked unconditionally: use auto or false")
-        if (stacked and conditional == "auto") or conditional is False:
-            train = _as_dict(train)
-            recipe = _as_dict(train.get("unconditional", UnconditionalRecipe()))
-            raw = {**raw, "train": {**train, **{k: v for k, v in recipe.items() if v is not None}, "conditional": False}}
+        if conditional == "auto":
+            raw = {**raw, "train": {**_as_dict(train), "conditional": False}}
         return raw
-
-
-def unconditional(params: Params) -> Params:
-    """params with train.conditional false (and so the unconditional recipe): what train.conditional
-    auto means where the data has no labels or the arch takes no classes."""
-    return Params.model_validate({**params.model_dump(), "train": {**params.train.model_dump(), "conditional": False}})
 
 
 def _as_dict(section: Any) -> dict:
