@@ -11,6 +11,7 @@ runs back from MLflow (training and evaluation runs of the same DVC experiment) 
     python bench/sweep.py queue  --budget 35 [--only base,decay] [--prefix s1] [-S evaluate.bootstrap=0]
     dvc queue start -j 1   (or: python bench/sweep.py queue ... --start, which also waits)
     python bench/sweep.py report [--prefix s1]
+    python bench/sweep.py screen --data stacked --project /tmp/p --only base,rp-r1r2 --steps 1500 -S sample.n=5000
 
 The sweep's runs register no model (tracking.registered_model=null) and never resume (train.resume=false).
 """
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ganflow import accel, data  # noqa: E402
 from ganflow.config import parse_params  # noqa: E402
-from ganflow.training import Trainer, training_set  # noqa: E402
+from ganflow import evaluator, stacked  # noqa: E402
+from ganflow.config import STACKED_SOURCE  # noqa: E402
+from ganflow.evaluation import evaluate  # noqa: E402
+from ganflow.sampling import generate  # noqa: E402
+from ganflow.training import Trainer, evaluating, training_set  # noqa: E402
 
 EXPERIMENT = "sweep"
 # name -> overrides of params.yaml (the issue's list of candidates; "base" is params.yaml as it is)
@@ -83,10 +89,29 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "cond-r1": {"train.conditional": True, "train.r1": 10.0},
     # round 10: DiffAugment at the full budget, on the round-9 winner
     "cond-r1-diffaug": {"train.conditional": True, "train.r1": 10.0, "train.augment": ["translation", "cutout"]},
+    # issue 18 (run with --data stacked or --data uncond): the R3GAN recipe against today's (hinge + R1 γ 10)
+    "rp-r1r2": {"train.loss": "rpgan", "train.r2": 10.0},
+    "hinge-r1r2": {"train.r2": 10.0},
+    "rp-r1": {"train.loss": "rpgan"},
+    "rp-r1r2-g1": {"train.loss": "rpgan", "train.r1": 1.0, "train.r2": 1.0},
+    "rp-r1r2-g3": {"train.loss": "rpgan", "train.r1": 3.0, "train.r2": 3.0},
+    "rp-r1r2-cos": {"train.loss": "rpgan", "train.r2": 10.0, "train.gamma_schedule": "cosine"},
+    "rp-r1r2-w48": {"train.loss": "rpgan", "train.r2": 10.0, "train.width": 48},
+    "rp-r1r2-lr4": {"train.loss": "rpgan", "train.r2": 10.0, "train.lr_g": 0.0004, "train.lr_d": 0.0004},
+    "rp-r1r2-e4": {"train.loss": "rpgan", "train.r2": 10.0, "train.r1_every": 4},
+    "ns-r1r2": {"train.loss": "non-saturating", "train.r2": 10.0},
+}
+# --data: what every candidate runs on (the overrides put before its own); the project's data/prepared and
+# models/evaluator.pt must have been made with the same prepare/evaluator params (dvc repro fit_evaluator).
+DATA: dict[str, dict[str, object]] = {
+    "params": {},  # params.yaml as it is (labelled mnist-5k)
+    "uncond": {"train.conditional": False},  # mnist-5k, unconditional
+    "stacked": {"prepare.source": "stacked-mnist", "prepare.channels": 3, "sample.n": 26000},
 }
 # overrides that leave the work of a step unchanged: candidates differing only in these share a calibration
 SPEED_NEUTRAL = {"train.lr_g", "train.lr_d", "train.lr_decay", "train.betas", "train.ema", "train.ema_rampup", "train.topk"}
-RATES = ROOT / "bench" / "out" / "sweep_rates.json"  # steps/s per speed key, measured on this machine
+RATES = ROOT / "bench" / "out" / "sweep_rates.json"
+SCREEN = ROOT / "bench" / "out" / "screen.jsonl"  # the screen command's rows  # steps/s per speed key, measured on this machine
 FIXED = {"train.resume": False, "tracking.experiment": EXPERIMENT, "tracking.registered_model": None}
 
 
@@ -104,7 +129,7 @@ def params_with(overrides: dict[str, object]) -> dict:
 def speed(overrides: dict[str, object]) -> str:
     """What decides a recipe's step speed: its overrides less the speed-neutral ones (LeCam: on or off)."""
     return repr(sorted((k, bool(v) if k == "train.lecam" else v) for k, v in overrides.items()
-                       if k.startswith("train.") and k not in SPEED_NEUTRAL))
+                       if k.startswith(("train.", "prepare.")) and k not in SPEED_NEUTRAL))
 
 
 def step_timer(overrides: dict[str, object], images) -> Callable[[float], float]:
@@ -141,9 +166,44 @@ def calibrate(recipes: dict[str, dict[str, object]], images, rounds: int = 5, se
     return {key: statistics.median(v) for key, v in samples.items()}
 
 
-def training_split():
+def training_split(project: Path = ROOT):
     """The images the train stage trains on: the prepared data less the evaluator's held-out split."""
-    return training_set(*data.load_prepared(ROOT / "data" / "prepared"), ROOT / "models" / "evaluator.pt")
+    return training_set(*data.load_prepared(project / "data" / "prepared"), project / "models" / "evaluator.pt")
+
+
+def screen(a: argparse.Namespace) -> None:
+    """A quick in-process screen (no DVC, no MLflow): each candidate trained for --steps on the project's
+    prepared data with one thread, then scored on sample.n samples: StackedMNIST's modes and KL, or the
+    classifier-space FID, precision and recall. One JSON line per candidate is appended to SCREEN."""
+    torch.set_num_threads(a.threads)  # two busy threads on a loaded 2-core machine run 5-25x slower than one
+    project = Path(a.project).resolve()
+    ds, meta = data.load_prepared(project / "data" / "prepared")
+    images = training_split(project)
+    sets = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.sets)}
+    for seed in a.seeds:
+        for name in a.only.split(","):
+            overrides = {**DATA[a.data], **CANDIDATES[name], **sets, "train.steps": a.steps, "seed": seed}
+            params = parse_params(params_with(overrides))
+            accel.seed_everything(seed, torch.device("cpu"))
+            gs = Trainer(params, images, "screen").gs
+            t0 = time.perf_counter()
+            for i in range(a.steps):
+                gs.advance(i)
+            seconds = time.perf_counter() - t0
+            with evaluating(gs.G_eval) as G:
+                fakes = generate(G, params.sample.seed, 0, params.sample.n)
+            row = {"data": a.data, "name": name, "seed": seed, "steps": a.steps, "train_seconds": round(seconds, 1)}
+            if meta.get("source") == STACKED_SOURCE or DATA[a.data].get("prepare.source") == STACKED_SOURCE:
+                classifier, _ = evaluator.load(project / "models" / "evaluator.pt")
+                modes, kl = stacked.mode_stats(evaluator.predict(classifier, fakes.numpy()))
+                row |= {stacked.KEY_MODES: modes, stacked.KEY_KL: round(kl, 4)}
+            else:
+                cfg = params.evaluate.model_copy(update={"bootstrap": 0, "inception": "off", "cas": "off"})
+                r = evaluate(list(fakes), ds, project / "models" / "evaluator.pt", None, cfg, torch.device("cpu")).results
+                row |= {k: round(r[f"{k}_classifier"], 4) for k in ("fid", "precision", "recall", "coverage")}
+            print(json.dumps(row), flush=True)
+            with SCREEN.open("a") as f:
+                f.write(json.dumps(row | {"overrides": {k: v for k, v in overrides.items() if k != "seed"}}) + "\n")
 
 
 def dvc(*args: str) -> str:
@@ -154,7 +214,7 @@ def queue(a: argparse.Namespace) -> None:
     images = training_split()
     names = a.only.split(",") if a.only else list(CANDIDATES)
     sets = dict(s.split("=", 1) for s in a.sets)
-    recipes = {name: {**CANDIDATES[name], **{k: yaml.safe_load(v) for k, v in sets.items()}} for name in names}
+    recipes = {name: {**DATA[a.data], **CANDIDATES[name], **{k: yaml.safe_load(v) for k, v in sets.items()}} for name in names}
     speed_key = {name: speed(o) for name, o in recipes.items()}
     # rates measured once per machine are kept, so later rounds give a recipe the same steps as earlier ones
     rates = json.loads(RATES.read_text()) if RATES.exists() else {}
@@ -209,15 +269,25 @@ def main() -> None:
     q = sub.add_parser("queue", help="calibrate each candidate and queue it as a DVC experiment")
     q.add_argument("--budget", type=float, default=35.0, help="seconds of training per candidate")
     q.add_argument("--only", help="comma-separated candidate names (default: all)")
+    q.add_argument("--data", choices=sorted(DATA), default="params", help="what the candidates train on (the project's "
+                   "data/prepared must be that data: calibration times steps on it)")
     q.add_argument("--prefix", default="sweep")
     q.add_argument("--seeds", type=int, nargs="+", default=[0])
     q.add_argument("-S", dest="sets", action="append", default=[], help="override for every candidate, KEY=VALUE")
     q.add_argument("--recalibrate", action="store_true", help=f"measure every recipe again (else reuse {RATES.name})")
     q.add_argument("--start", action="store_true", help="start the queue (one worker) and wait for it")
+    sc = sub.add_parser("screen", help="train each candidate in this process for --steps and score it (quick, no DVC)")
+    sc.add_argument("--only", required=True, help="comma-separated candidate names")
+    sc.add_argument("--data", choices=sorted(DATA), default="params")
+    sc.add_argument("--project", default=str(ROOT), help="DVC project whose data/prepared and models/evaluator.pt are used")
+    sc.add_argument("--steps", type=int, default=1000)
+    sc.add_argument("--threads", type=int, default=1)
+    sc.add_argument("--seeds", type=int, nargs="+", default=[0])
+    sc.add_argument("-S", dest="sets", action="append", default=[], help="override for every candidate, KEY=VALUE")
     r = sub.add_parser("report", help="the table of one sweep, read from MLflow")
     r.add_argument("--prefix", default="sweep")
     a = ap.parse_args()
-    queue(a) if a.cmd == "queue" else report(a)
+    {"queue": queue, "screen": screen, "report": report}[a.cmd](a)
 
 
 if __name__ == "__main__":

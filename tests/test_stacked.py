@@ -54,6 +54,12 @@ def test_stacked_mnist_trains_unconditionally_under_auto():
     assert parse_params({}).train.conditional == "auto"  # other sources keep auto
 
 
+def test_sample_n_auto_is_the_benchmarks_protocol_on_stacked_mnist():
+    # sample.n auto: the published protocol's 26,000 on stacked-mnist, else 5,000; a number is kept
+    assert parse_params({"prepare": STACKED}).sample.n == 26_000 and parse_params({}).sample.n == 5000
+    assert parse_params({"prepare": STACKED, "sample": {"n": 300}}).sample.n == 300
+
+
 @pytest.fixture(scope="module")
 def digit_evaluator(tmp_path_factory):
     """The digit classifier as fit_evaluator makes it for stacked-mnist (a short recipe), saved."""

@@ -35,7 +35,7 @@ STEPS_LINE = next(i for i, line in enumerate((ROOT / "params.yaml").read_text().
     (lambda t: t.replace("  ema: 5000.0 ", "  ema: .inf ", 1), "train.ema must be a finite number (got inf)"),
     (lambda t: t.replace("  batch_size: 64 ", "  batch_size: 100000000 ", 1), "train.batch_size must be less than or equal to 65536"),
     (lambda t: t.replace("  eval_samples: 1000 ", "  eval_samples: 100000000 ", 1), "train.eval_samples must be less than or equal to 50000"),
-    (lambda t: t.replace("  n: 5000 ", "  n: 1000000000 ", 1), "sample.n must be less than or equal to 10000000"),
+    (lambda t: t.replace("  n: auto ", "  n: 1000000000 ", 1), "sample.n must be less than or equal to 10000000"),
 ])
 def test_check_refuses_what_dvc_or_the_stages_would_refuse(tmp_path, edit, message):
     f = params_file(tmp_path, edit(PARAMS))
