@@ -189,9 +189,11 @@ def test_ganflow_evaluate_scores_any_folder_and_compare_refuses_another_protocol
 
 
 def test_min_sample_count_agrees_with_the_config_bound():
-    from ganflow.config import SampleConfig
+    from ganflow.config import ConfigError, parse_params
 
-    assert SampleConfig.model_fields["n"].metadata[0].ge == m.MIN_SAMPLES
+    assert parse_params({"sample": {"n": m.MIN_SAMPLES}}).sample.n == m.MIN_SAMPLES
+    with pytest.raises(ConfigError, match=f"sample.n must be greater than or equal to {m.MIN_SAMPLES}"):
+        parse_params({"sample": {"n": m.MIN_SAMPLES - 1}})
     assert ROOT.joinpath("params.yaml").read_text().count("at least 6") == 1
 
 
