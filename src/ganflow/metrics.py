@@ -28,8 +28,6 @@ import io
 import json
 import logging
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -366,22 +364,12 @@ def fid_interval(fake: torch.Tensor, real: torch.Tensor, reps: int, seed: int) -
     point = fid(fake, real)
     rng = np.random.default_rng(seed)
     draws = [(rng.integers(0, len(fake), len(fake)), rng.integers(0, len(real), len(real))) for _ in range(reps)]
-    with _one_thread():
+    with simclr.one_cpu_thread("cpu"):
         mu_f, cov_f = _resampled_stats(fake, [d[0] for d in draws])
         mu_r, cov_r = _resampled_stats(real, [d[1] for d in draws])
         boot = _fid_batch(mu_f, cov_f, mu_r, cov_r).numpy()
     lo, hi = np.quantile(boot, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     return 2 * point - float(hi), 2 * point - float(lo)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 PACKED_BYTES = 2**27  # rows' packed outer products held at a time by _resampled_stats (128 MiB)
