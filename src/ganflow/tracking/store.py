@@ -155,11 +155,10 @@ def _remove_stray_folders_at_exit(uri: str) -> None:
     if not (uri.startswith("sqlite:///") and "%" in uri):
         return
     stray = Path(uri.removeprefix("sqlite:///")).parent
-    if not _STRAY:
-        atexit.register(_remove_stray_folders)
     _STRAY.update(p for p in (stray, *stray.parents) if not p.exists())
 
 
+@atexit.register
 def _remove_stray_folders() -> None:
     for p in sorted(_STRAY, key=lambda p: len(p.parts), reverse=True):  # the deepest first
         try:
