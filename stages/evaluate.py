@@ -20,7 +20,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("samples")
     ap.add_argument("prepared")
     ap.add_argument("evaluator")
-    ap.add_argument("run_handle", help="models/run.json from train: the MLflow run to log into")
+    ap.add_argument("generator", help="the generator the samples came from: its training run is the one tagged with its sha256")
     ap.add_argument("out", help="output: metrics JSON")
     ap.add_argument("per_class", help="output: per-class table (JSON)")
     ap.add_argument("pairs", help="output: the samples nearest a training image, above those images (PNG)")
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
     if a.protocol_out:
         write_json(a.protocol_out, protocol_file(report))
     save_grid(report.pairs, a.pairs, nrow=len(report.pairs) // 2)
-    run_ids = policy.evaluate_run(tracker, params, a.run_handle, report, [a.out, a.protocol_out, a.grid, a.pairs])
+    run_ids = policy.evaluate_run(tracker, params, a.generator, report, [a.out, a.protocol_out, a.grid, a.pairs])
     if a.run_out:
         write_json(a.run_out, run_ids)
     print("  ".join(f"{k}={v:.4g}" for k, v in report.results.items() if isinstance(v, (int, float))))

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("prepared")
     ap.add_argument("evaluator", help="the classifier that scores G during training")
-    TrainPaths.add_arguments(ap)  # the outputs: generator ... grid (run_handle: the MLflow run id, for later stages)
+    TrainPaths.add_arguments(ap)  # the outputs: generator ... grid
     a = ap.parse_args(argv)
     params = load_params(a.params)
     # train.devices > 1 or nodes.count > 1: this script runs again under torchrun's agent (not when torchrun started it)
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
     # the MLflow run: a new one per attempt, or none when nothing is left to train (see policy.train_run)
     history = [(trainer.state.log_rows, LOG_COLUMNS), (trainer.state.score_rows, ("step", f"{selection.name}_during_training"))]
     summary = policy.train_run(tracker, trainer, lambda hooks: trainer.run(outputs, hooks, selection=selection), history,
-                               params, a.params, a.run_handle, a.evaluator, train_set.images, train_sha, meta["source"],
+                               params, a.params, outputs.paths, a.evaluator, train_set.images, train_sha, meta["source"],
                                main=dist.main)
     distributed.shutdown(dist)
     if summary and dist.main:

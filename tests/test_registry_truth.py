@@ -8,18 +8,18 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT
-from ganflow import tracking
+from ganflow import metrics, tracking
 from ganflow.cli import main
 from ganflow.config import TrackingConfig, flatten, parse_params
 from ganflow.evaluation import Report
-from ganflow.io import write_json
 from ganflow.tracking import policy
 
 MODEL = "ganflow-generator"
 
 
 def trained(tmp_path: Path, name: str, n: int = 400) -> Path:
-    """A finished training run of this project, with a registered version and its params (sample.n = n)."""
+    """A finished training run of this project, with a registered version and its params (sample.n = n);
+    returns the generator file it is tagged with."""
     t = tracking.Tracker(TrackingConfig())
     t.start(name=name, tags={tracking.TAG_PROJECT: str(tracking.project_root())})
     t.log_params(flatten(parse_params({"sample": {"n": n}})))
@@ -27,16 +27,17 @@ def trained(tmp_path: Path, name: str, n: int = 400) -> Path:
     if not client.search_registered_models(f"name='{MODEL}'"):
         client.create_registered_model(MODEL)
     client.create_model_version(MODEL, source=f"runs:/{t.run_id}/generator", run_id=t.run_id)
+    generator = tmp_path / f"{name}.pt"
+    generator.write_text(f"the generator {name} trained")
+    t.set_tags({tracking.TAG_GENERATOR: metrics.file_sha256(generator)})  # as the train stage tags it: evaluate finds it so
     t.end()
-    handle = tmp_path / f"{name}.json"
-    write_json(handle, {"run_id": t.run_id, "store": "local"})
-    return handle
+    return generator
 
 
-def evaluate(handle: Path, fid: float, n: int = 400, protocol: str = "p400") -> dict:
+def evaluate(generator: Path, fid: float, n: int = 400, protocol: str = "p400") -> dict:
     report = Report({"fid_classifier": fid, "n_samples": n, "protocol": protocol},
                     {"n_samples": n, "data_sha256": "d" * 16, "classifier_weights_sha256": "e" * 16}, [], None)
-    return policy.evaluate_run(tracking.Tracker(TrackingConfig()), parse_params({"sample": {"n": n}}), handle, report, [])
+    return policy.evaluate_run(tracking.Tracker(TrackingConfig()), parse_params({"sample": {"n": n}}), generator, report, [])
 
 
 def version(run_id: str):
@@ -46,8 +47,8 @@ def version(run_id: str):
 
 def test_an_evaluation_at_other_params_leaves_the_version_alone_and_names_its_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    handle = trained(tmp_path, "baseline")
-    own = evaluate(handle, 231.18)
+    generator = trained(tmp_path, "baseline")
+    own = evaluate(generator, 231.18)
     train_run = own["mlflow_train_run_id"]
     assert own["mlflow_run_id"] == train_run  # its own evaluation: into the training run
     before = version(train_run)
@@ -56,7 +57,7 @@ def test_an_evaluation_at_other_params_leaves_the_version_alone_and_names_its_ru
     own_tags = MlflowClient().get_run(train_run).data.tags
     assert own_tags[tracking.TAG_EVAL_DATA] == "d" * 16 and tracking.TAG_EVALUATOR not in own_tags  # the train stage's, kept
 
-    other = evaluate(handle, 231.16, n=200, protocol="p200")  # `dvc exp run -S sample.n=200`
+    other = evaluate(generator, 231.16, n=200, protocol="p200")  # `dvc exp run -S sample.n=200`
     assert other["mlflow_run_id"] != train_run
     assert version(train_run).tags == before.tags  # untouched
     run = MlflowClient().get_run(other["mlflow_run_id"])
@@ -70,11 +71,11 @@ def test_an_evaluation_at_other_params_leaves_the_version_alone_and_names_its_ru
 
 def test_another_clone_never_writes_into_the_training_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    handle = trained(tmp_path, "colleague")
-    train_run = evaluate(handle, 100.0)["mlflow_train_run_id"]
+    generator = trained(tmp_path, "colleague")
+    train_run = evaluate(generator, 100.0)["mlflow_train_run_id"]
     before, history = version(train_run).tags, MlflowClient().get_metric_history(train_run, "fid_classifier")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "my-clone"))  # a teammate's clone, the same store
-    mine = evaluate(handle, 100.5)  # same params: a forced re-evaluation
+    mine = evaluate(generator, 100.5)  # same params: a forced re-evaluation
     assert mine["mlflow_run_id"] != train_run
     assert MlflowClient().get_metric_history(train_run, "fid_classifier") == history  # no second point
     assert version(train_run).tags == before
@@ -86,20 +87,22 @@ def test_another_clone_never_writes_into_the_training_run(tmp_path, monkeypatch)
 def test_a_run_the_store_lacks_gets_a_named_fallback_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_EXP_NAME", "small-n")
-    handle = tmp_path / "run.json"
-    write_json(handle, {"run_id": "0" * 32, "store": "local"})
-    run_id = evaluate(handle, 50.0)["mlflow_run_id"]
+    trained(tmp_path, "another generator")
+    pulled = tmp_path / "pulled.pt"  # a generator from the DVC remote, trained against another store
+    pulled.write_text("a teammate's generator")
+    run_id = evaluate(pulled, 50.0)["mlflow_run_id"]
     run = MlflowClient().get_run(run_id)
-    assert run.info.run_name == "small-n" and run.data.tags[tracking.TAG_TRAIN_RUN] == "0" * 32
-    assert "not in this store" in run.data.tags[tracking.TAG_NOTE] and tracking.TAG_PARENT not in run.data.tags
+    assert run.info.run_name == "small-n" and tracking.TAG_TRAIN_RUN not in run.data.tags
+    assert "no finished training run of this generator" in run.data.tags[tracking.TAG_NOTE]
+    assert tracking.TAG_PARENT not in run.data.tags
 
 
 def test_champion_is_decided_at_equal_protocol_and_re_decided_by_the_command(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     runs = []
     for name, fid, protocol in [("a", 200.0, "p1"), ("b", 100.0, "p2"), ("c", 150.0, "p1")]:
-        handle = trained(tmp_path, name)
-        runs.append(evaluate(handle, fid, protocol=protocol)["mlflow_train_run_id"])
+        generator = trained(tmp_path, name)
+        runs.append(evaluate(generator, fid, protocol=protocol)["mlflow_train_run_id"])
     client = MlflowClient()
     assert client.get_model_version_by_alias(MODEL, tracking.CHAMPION).run_id == runs[2]  # c beats a under p1
     assert version(runs[1]).tags[tracking.TAG_STATUS] == "candidate"  # b: another protocol, not compared
@@ -151,10 +154,10 @@ def test_a_resumed_run_gets_the_grids_logged_before_the_resume(tmp_path, monkeyp
 def test_runs_shows_the_dvc_experiment_and_the_version(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_EXP_NAME", "wider")  # Tracker.start tags it, as under `dvc exp run`
-    handle = trained(tmp_path, "wider")
+    generator = trained(tmp_path, "wider")
     monkeypatch.delenv("DVC_EXP_NAME")
-    train_run = evaluate(handle, 10.0)["mlflow_train_run_id"]
-    nested = evaluate(handle, 11.0, n=200)["mlflow_run_id"]
+    train_run = evaluate(generator, 10.0)["mlflow_train_run_id"]
+    nested = evaluate(generator, 11.0, n=200)["mlflow_run_id"]
     main(["runs", "--params", str(ROOT / "params.yaml")])
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:7] == ["run", "id", "name", "dvc", "exp", "version", "status"]
@@ -189,11 +192,11 @@ def test_stage_inputs_hash_deps_as_dvc_does(tmp_path, monkeypatch):
 def test_a_new_protocol_scores_into_a_run_of_its_own(tmp_path, monkeypatch):
     """New evaluation code or evaluator, same params: the training run and its version keep their scores."""
     monkeypatch.chdir(tmp_path)
-    handle = trained(tmp_path, "base")
-    train_run = evaluate(handle, 20.0, protocol="old")["mlflow_train_run_id"]
-    assert evaluate(handle, 20.0, protocol="old")["mlflow_run_id"] == train_run  # `dvc repro -f`: the same evaluation
+    generator = trained(tmp_path, "base")
+    train_run = evaluate(generator, 20.0, protocol="old")["mlflow_train_run_id"]
+    assert evaluate(generator, 20.0, protocol="old")["mlflow_run_id"] == train_run  # `dvc repro -f`: the same evaluation
     before = version(train_run).tags
-    again = evaluate(handle, 25.0, protocol="new")["mlflow_run_id"]
+    again = evaluate(generator, 25.0, protocol="new")["mlflow_run_id"]
     assert again != train_run and version(train_run).tags == before
     assert "protocol changed" in MlflowClient().get_run(again).data.tags[tracking.TAG_NOTE]
 

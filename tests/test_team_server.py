@@ -68,7 +68,8 @@ def client(server):
 
 
 def run_id(root: Path) -> str:
-    return json.loads((root / "models" / "run.json").read_text())["run_id"]
+    """The run that trained the clone's model (the one evaluate found by its generator's sha256)."""
+    return json.loads((root / ".ganflow" / "mlflow_run.json").read_text())["mlflow_train_run_id"]
 
 
 def test_runs_metrics_images_model_and_champion_arrive_over_http(server, clone):

@@ -21,7 +21,6 @@ class TrainPaths:
     generator: Path  # the evaluated G of the last step
     generator_best: Path | None  # the G with the best selection score during training (None: not written)
     checkpoint: Path  # everything needed to resume
-    run_handle: Path | None  # the MLflow run id, for the later stages (written by the stage, not the loop)
     log_tsv: Path  # losses, one row per log interval
     scores_tsv: Path | None  # step, selection score of each check during training (None: not written)
     grid: Path  # fixed-noise grid of the latest G
@@ -44,7 +43,7 @@ class TrainPaths:
         return cls(*(getattr(a, f.name) for f in fields(cls)))
 
 
-TRAIN_FILE_NAMES = ("generator.pt", "generator_best.pt", "checkpoint.pt", "run.json", "train_log.tsv", "fid_curve.tsv",
+TRAIN_FILE_NAMES = ("generator.pt", "generator_best.pt", "checkpoint.pt", "train_log.tsv", "fid_curve.tsv",
                     "train_grid.png")
 
 

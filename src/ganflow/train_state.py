@@ -60,18 +60,18 @@ class Progress:
     log_rows: list[list[float]] = field(default_factory=list)
     score_rows: list[list[float]] = field(default_factory=list)
     best: dict[str, Any] | None = None  # {"step", "value", "state_dict"} of the best generator so far
-    eval_seconds: float = 0.0
+    eval_seconds: float = 0.0  # of this process (not saved: a checkpoint holds no wall time, so its bytes repeat)
 
 
 class TrainState:
     """The checkpoint of one training process: a GanStep's tensors, the loop's Progress, the RNG
-    states, the fingerprint and `extra` (saved as is: the MLflow run id, say)."""
+    states and the fingerprint. Nothing of one run alone (no MLflow run id): the same training writes the
+    same bytes, in any clone."""
 
     def __init__(self, gs: GanStep, fp: dict[str, Any]):
         self.gs, self.fingerprint, self.dist = gs, fp, gs.dist
         self.progress = Progress()
-        self.extra: dict[str, Any] = {}
-        self.resumed: dict[str, Any] | None = None  # the `extra` (and step) of the checkpoint resumed from
+        self.resumed: dict[str, Any] | None = None  # {"step"} of the checkpoint resumed from
 
     def state_dict(self) -> dict[str, Any]:
         """The full training state (on every rank: it gathers each rank's RNG state)."""
@@ -81,18 +81,15 @@ class TrainState:
             rng["cuda"] = torch.cuda.get_rng_state(gs.device)
         return {
             "format": checkpoint.FORMAT, "fingerprint": self.fingerprint, "arch": gs.cfg.arch, "net": gs.net_cfg.to_dict(),
-            "step": p.step, "log_rows": p.log_rows, "score_rows": p.score_rows, "best": p.best, "eval_seconds": p.eval_seconds,
+            "step": p.step, "log_rows": p.log_rows, "score_rows": p.score_rows, "best": p.best,
             **gs.state_dict(),
             "rng": gather(rng, self.dist),  # one per rank
-            "extra": self.extra,
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         """Restore the training state, torch's global RNG included (that is what resuming means);
         any missing or malformed part raises (KeyError, ValueError, RuntimeError...), and so do
         weights that hold NaN/Inf."""
-        if not isinstance(ckpt.get("extra", {}), dict):
-            raise ValueError("extra is not a dict")
         if not isinstance(ckpt["rng"], list) or len(ckpt["rng"]) != self.dist.world_size:
             raise ValueError(f"rng holds states of {len(ckpt['rng'])} processes, this run has {self.dist.world_size}")
         self.gs.load_state_dict(ckpt)
@@ -100,7 +97,7 @@ class TrainState:
         self.gs.check_finite_weights(step)
         self.progress = Progress(
             step=step, log_rows=[list(r) for r in ckpt["log_rows"]], score_rows=[list(r) for r in ckpt["score_rows"]],
-            best=ckpt["best"], eval_seconds=float(ckpt["eval_seconds"]),
+            best=ckpt["best"],
         )
         rng = ckpt["rng"][self.dist.rank]
         torch.set_rng_state(rng["cpu"])
@@ -128,7 +125,7 @@ class TrainState:
         else:
             why = self._load_or_why(ckpt)
             if why is None:
-                self.resumed = {"step": ckpt["step"], **ckpt.get("extra", {})}
+                self.resumed = {"step": ckpt["step"]}
                 return self._say(f"resuming from {path} at step {ckpt['step']}")
         kept = set_aside(path, ckpt.get("step"), self.dist)
         return self._say(f"checkpoint {path} {why}: starting fresh (kept as {kept}; the {KEEP_SET_ASIDE} latest "

@@ -100,7 +100,6 @@ class Trainer:
     net_cfg = property(lambda self: self.gs.net_cfg)
     state = property(lambda self: self.ckpt.progress)
     resumed = property(lambda self: self.ckpt.resumed)
-    extra = property(lambda self: self.ckpt.extra)  # saved with each checkpoint (the MLflow run id, say)
     fingerprint = property(lambda self: self.ckpt.fingerprint)
 
     def try_resume(self, path) -> str:

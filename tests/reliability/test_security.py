@@ -67,7 +67,7 @@ def test_no_library_unpickles_a_planted_cache_during_evaluate(tmp_path, mnist):
     samples.mkdir()
     for i, x in enumerate(mnist.images[:64]):
         to_pil(torch.from_numpy(x)).save(samples / f"{i:06d}.png")
-    (tmp_path / "run.json").write_text('{"run_id": null}')
+    (tmp_path / "g.pt").write_bytes(b"a generator")  # tracking is off: only a dep, never read
     torch_home, marker, audit = tmp_path / "th", tmp_path / "pwned", tmp_path / "audit.log"
     payload = Payload(os.system, (f"touch {marker}",))
     data_sha = json.loads((ws / "prepared/meta.json").read_text())["sha256"]
@@ -77,7 +77,7 @@ def test_no_library_unpickles_a_planted_cache_during_evaluate(tmp_path, mnist):
         torch.save({"mu": payload}, torch_home / "fidelity_cache" / f"{name}-{suffix}.pt")
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent / "inject"), os.environ.get("PYTHONPATH")])),
            "GANFLOW_TEST_AUDIT": str(audit), "TORCH_HOME": str(torch_home)}
-    args = [str(samples), str(ws / "prepared"), str(ws / "evaluator.pt"), str(tmp_path / "run.json"),
+    args = [str(samples), str(ws / "prepared"), str(ws / "evaluator.pt"), str(tmp_path / "g.pt"),
             str(tmp_path / "eval.json"), str(tmp_path / "per_class.json"), str(tmp_path / "pairs.png")]
     for attempt in range(2):
         r = run_stage("evaluate", "--params", str(ws / "params.yaml"), *args, env=env)

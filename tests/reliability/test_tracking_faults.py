@@ -21,9 +21,9 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import ROOT, run_stage, stage_workspace
-from ganflow import GanflowError, tracking
+from ganflow import GanflowError, metrics, tracking
 from ganflow.config import TrackingConfig
-from ganflow.outputs import TRAIN_FILE_NAMES
+from ganflow.outputs import TRAIN_FILE_NAMES, TrainPaths
 
 INJECT = Path(__file__).parent / "inject"
 INJECT_PATH = f"{INJECT}{os.pathsep}{ROOT / 'src'}"  # its sitecustomize imports ganflow: this checkout's
@@ -96,6 +96,14 @@ def ws(tmp_path_factory, mnist):
                            {"train": {"steps": 60, "log_every": 5, "checkpoint_every": 20, "eval_every": 0}})
 
 
+def written(folder: Path) -> TrainPaths:
+    """The train stage's outputs in `folder`, the generator and checkpoint written (a policy test's training)."""
+    paths = TrainPaths.under(folder)
+    paths.generator.write_bytes(b"generator")
+    paths.checkpoint.write_bytes(b"checkpoint at step 20")
+    return paths
+
+
 def params_with(ws: Path, tmp_path: Path, **tracking_cfg) -> str:
     p = yaml.safe_load((ws / "params.yaml").read_text())
     p["tracking"].update(tracking_cfg)
@@ -126,8 +134,9 @@ def test_a_server_killed_mid_run_costs_one_warning_and_nothing_else(ws, tmp_path
     import torch
 
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 60  # every checkpoint written
-    run_id = yaml.safe_load((tmp_path / "run.json").read_text())["run_id"]
-    assert (tmp_path / ".ganflow" / "spool" / run_id / "items.jsonl").exists()
+    (spool,) = (tmp_path / ".ganflow" / "spool").iterdir()  # the run's calls, kept while the store was down
+    run_id = spool.name
+    assert (spool / "items.jsonl").exists()
 
     # the server comes back: the next stage that tracks replays the spool into the run
     server = mlflow_server(tmp_path, port)
@@ -374,9 +383,9 @@ def test_an_attempt_file_marks_only_this_projects_own_runs_killed(mnist, tmp_pat
     (tmp_path / ".ganflow").mkdir()
     (tmp_path / ".ganflow" / "train-run.json").write_text(f'{{"run_id": "{other}"}}')
     (tmp_path / "params.yaml").write_text("")
-    trainer = SimpleNamespace(resumed=None, state=SimpleNamespace(step=0), extra={})
+    trainer = SimpleNamespace(resumed=None, state=SimpleNamespace(step=0))
     params = Params(tracking=TrackingConfig())
-    policy.train_run(t, trainer, lambda hooks: {"loss": 1.0}, [], params, "params.yaml", tmp_path / "run.json",
+    policy.train_run(t, trainer, lambda hooks: {"loss": 1.0}, [], params, "params.yaml", written(tmp_path),
                      tmp_path / "params.yaml", mnist.images[:2], "sha", "mnist", main=False)
     assert client.get_run(other).info.status == ("KILLED" if whose == "own" else "RUNNING")
     assert client.get_run(t.run_id).info.status == "FINISHED"
@@ -404,19 +413,18 @@ def test_a_run_that_finished_while_the_store_was_down_is_finished_never_killed(t
         hooks.on_metrics({"loss_D": 1.0}, 20)
         return {"train_img_per_s": 1.0}
 
-    trainer = SimpleNamespace(resumed=None, state=SimpleNamespace(step=0), extra={})
-    args = (params, "params.yaml", tmp_path / "run.json", tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
+    trainer = SimpleNamespace(resumed=None, state=SimpleNamespace(step=0))
+    args = (params, "params.yaml", written(tmp_path), tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
     policy.train_run(first, trainer, train_while_the_store_dies, [], *args, main=False)
     client = MlflowClient(tracking.local_uri())
     assert client.get_run(first.run_id).info.status == "RUNNING"  # the store was down at the end
 
-    again = SimpleNamespace(resumed={"run_id": first.run_id, "step": 20}, state=SimpleNamespace(step=20), extra={})
+    again = SimpleNamespace(resumed={"step": 20}, state=SimpleNamespace(step=20))  # its checkpoint: found by its sha256
     second = tracking.Tracker(TrackingConfig())
     assert policy.train_run(second, again, lambda hooks: {}, [], *args, main=True) is None  # nothing left to train
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(first.run_id, "loss_D")] == [20]
     assert second.run_id is None and len(client.search_runs([first.store.experiment_id])) == 1
-    assert yaml.safe_load((tmp_path / "run.json").read_text())["run_id"] == first.run_id
 
 
 def test_spool_hygiene(tmp_path, monkeypatch, caplog):
@@ -529,16 +537,14 @@ def test_a_checkpoint_whose_run_is_in_another_store_is_logged_here_once(tmp_path
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("")
     params = Params(train=TrainConfig(steps=20), tracking=TrackingConfig())
-    args = (params, "params.yaml", tmp_path / "run.json", tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
-    elsewhere = "f" * 32  # the checkpoint's run, in the store it was trained with
+    args = (params, "params.yaml", written(tmp_path), tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
     made = []
-    for attempt in range(3):
-        trainer = SimpleNamespace(resumed={"run_id": elsewhere, "step": 20}, state=SimpleNamespace(step=20), extra={})
+    for attempt in range(3):  # the checkpoint's run is in the store it was trained with: none here is tagged with it
+        trainer = SimpleNamespace(resumed={"step": 20}, state=SimpleNamespace(step=20))
         t = tracking.Tracker(TrackingConfig())
         policy.train_run(t, trainer, lambda hooks: {}, [], *args, main=False)
         if t.run_id:
             made.append(t.run_id)
-            t.write_handle(tmp_path / "run.json")  # what main=True writes (without logging a model)
     client = MlflowClient(tracking.local_uri())
     assert len(made) == 1 and len(client.search_runs([t.store.experiment_id])) == 1
-    assert yaml.safe_load((tmp_path / "run.json").read_text())["run_id"] == made[0]
+    assert client.get_run(made[0]).data.tags[tracking.TAG_CHECKPOINT] == metrics.file_sha256(tmp_path / "checkpoint.pt")

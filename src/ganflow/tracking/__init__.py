@@ -14,5 +14,5 @@ one warning, and the calls are spooled and replayed when the store is back (see 
 """
 
 from ganflow.tracking.names import *  # noqa: F401,F403 - the tag names, shared by the stages and tests
-from ganflow.tracking.run import Tracker, read_handle  # noqa: F401
+from ganflow.tracking.run import Tracker  # noqa: F401
 from ganflow.tracking.store import local_uri, project_root, resolve_uri, sqlite_uri  # noqa: F401

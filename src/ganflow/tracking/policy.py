@@ -9,19 +9,21 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ganflow import GanflowError, metrics
+from ganflow import metrics
 from ganflow.config import flatten
 from ganflow.tracking.registry import annotate, contract, log_model, promote
-from ganflow.tracking.names import (TAG_BASELINE_COMMIT, TAG_DATA, TAG_EVAL_DATA, TAG_EVALUATOR, TAG_NOTE, TAG_PARENT,
-                                    TAG_PROJECT, TAG_PROTOCOL, TAG_RESUMED_FROM, TAG_RESUMED_STEP, TAG_TRAIN_RUN, TAG_USER)
+from ganflow.tracking.names import (TAG_BASELINE_COMMIT, TAG_CHECKPOINT, TAG_DATA, TAG_EVAL_DATA, TAG_EVALUATOR, TAG_GENERATOR,
+                                    TAG_NOTE, TAG_PARENT, TAG_PROJECT, TAG_PROTOCOL, TAG_RESUMED_FROM, TAG_RESUMED_STEP,
+                                    TAG_TRAIN_RUN, TAG_USER)
 from ganflow.tracking.provenance import dvc_tags, provenance, stage_inputs
-from ganflow.tracking.run import Tracker, read_handle
+from ganflow.tracking.run import Tracker
 from ganflow.tracking.store import project_root
 
 if TYPE_CHECKING:
     import numpy as np
 
     from ganflow.config import Params
+    from ganflow.outputs import TrainPaths
 
 log = logging.getLogger("ganflow.tracking")
 
@@ -48,32 +50,34 @@ class LoopHooks:
 
 def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[str, float]],
               history: list[tuple[list[list[float]], tuple[str, ...]]], params: Params, params_file: str | Path,
-              run_handle: str | Path, evaluator: str | Path, images: np.ndarray, data_sha256: str, source: str,
+              paths: TrainPaths, evaluator: str | Path, images: np.ndarray, data_sha256: str, source: str,
               main: bool = True) -> dict[str, float] | None:
-    """The train stage's run around `train(hooks)` (the training loop; returns its summary).
+    """The train stage's run around `train(hooks)` (the training loop; returns its summary); `paths`:
+    the stage's outputs. No run id goes into a DVC-tracked file (a fresh clone
+    reproduces every one byte for byte): a finished run is tagged with the sha256 of the generator and
+    the checkpoint it wrote, and is found again by them (evaluate by the generator, a resume by the checkpoint).
 
-    - Nothing left to train (`dvc repro -f`, a logging-only change) and the run that trained it closed
-      properly (or, when that run is in another store, the run that logged the model here did): no new
-      run, no new model version; `train` writes the outputs again from the checkpoint and run_handle
-      names that run. Returns None. (A run killed after its last step is continued by a new run
-      instead, which logs the model it could not.) Spools left by earlier stages are replayed first.
+    - Nothing left to train (`dvc repro -f`, a logging-only change) and a FINISHED run of this store
+      wrote the checkpoint: no new run, no new model version; `train` writes the outputs again from the
+      checkpoint. Returns None. (A run killed after its last step is continued by a new run instead,
+      which logs the model it could not.) Spools left by earlier stages are replayed first.
     - Else a new run: provenance tags, params, the params file, the training data; a resumed attempt
-      links to the interrupted one (closed as KILLED) and carries its whole `history` (rows, columns);
-      the loop logs through the hooks; then the summary, the generator (registered and described).
-      .ganflow/train-run.json names the open run, so a run killed before its first checkpoint is
-      marked KILLED by the next attempt. A failure closes the run as FAILED.
+      links to the run that wrote its checkpoint (or, for a checkpoint no finished run wrote, to the
+      attempt this clone left open, closed as KILLED) and carries its whole `history` (rows, columns);
+      the loop logs through the hooks; then the summary, the generator (registered and described), the
+      two digests. .ganflow/train-run.json names the open run, so a run killed before its first
+      checkpoint is marked KILLED by the next attempt. A failure closes the run as FAILED.
     """
-    previous = (trainer.resumed or {}).get("run_id")
     hooks = LoopHooks(tracker)
     tracker.replay_spools()  # first: a run that finished while the store was down is closed as FINISHED now
-    done = _finished_run(tracker, previous, run_handle) if trainer.state.step >= params.train.steps else None
-    if done:
+    wrote = tracker.find_run(TAG_CHECKPOINT, metrics.file_sha256(paths.checkpoint)) if trainer.resumed and tracker.enabled else None
+    if wrote and trainer.state.step >= params.train.steps:
         train(hooks)  # the tracker has no run: nothing is logged
         if main:
-            tracker.write_handle(run_handle, done)
             log.info("nothing left to train: the model and MLflow run %s are the ones that trained it "
-                     "(train.resume: false retrains from scratch)", done)
+                     "(train.resume: false retrains from scratch)", wrote)
         return None
+    previous = wrote or (_attempt() if trainer.resumed else None)
 
     flat = flatten(params)
     name, tags = provenance(flat, params_file, {TAG_DATA: data_sha256, TAG_EVALUATOR: metrics.file_sha256(evaluator),
@@ -92,7 +96,6 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
             tracker.log_history(rows, columns)
         if previous:  # its sample grids up to the resume: the image slider starts at step 0 again
             tracker.copy_step_images(previous, trainer.resumed["step"])
-    trainer.extra["run_id"] = tracker.run_id
     try:
         summary = train(hooks)
         tracker.log_metrics(summary)
@@ -102,42 +105,30 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
                       metadata={"z_dim": net.z_dim, "n_classes": net.n_classes, "arch": trainer.cfg.arch})
             annotate(tracker, {"run_name": name, "data_sha256": data_sha256, **dvc_tags(),
                                TAG_BASELINE_COMMIT: tags[TAG_BASELINE_COMMIT]}, contract(trainer.cfg.arch, net))
+        if tracker.enabled:  # what the run wrote, by which the next stages find it
+            tracker.set_tags({TAG_GENERATOR: metrics.file_sha256(paths.generator),
+                              TAG_CHECKPOINT: metrics.file_sha256(paths.checkpoint)})
     except BaseException:
         tracker.end("FAILED")
         raise
-    if main:
-        tracker.write_handle(run_handle)
     if tracker.end() and attempt is not None:
         attempt.unlink(missing_ok=True)
     return summary
 
 
-def _finished_run(tracker: Tracker, previous: str | None, run_handle: str | Path) -> str | None:
-    """The FINISHED run of this store that holds the checkpoint's model: the run that trained it, or
-    (when that run is in another store) the run that logged it here after a resume with nothing left to
-    train, named in the run handle. None when there is none: a new run logs the model."""
-    if not previous:
-        return None
-    if tracker.status(previous) == "FINISHED":
-        return previous
+def _attempt() -> str | None:
+    """The run an earlier attempt of this clone left open (named in ATTEMPT), if any."""
     try:
-        handle = read_handle(run_handle)
-    except GanflowError:
+        return json.loads(ATTEMPT.read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
         return None
-    run = tracker.get_run(handle)
-    if run and run.info.status == "FINISHED" and run.data.tags.get(TAG_RESUMED_FROM) == previous:
-        return handle
-    return None
 
 
 def _claim_attempt(tracker: Tracker) -> Path | None:
     """Mark the run an earlier attempt left open (named in ATTEMPT) as KILLED; name this run there."""
     if not tracker.run_id:
         return None
-    try:
-        previous = json.loads(ATTEMPT.read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        previous = None
+    previous = _attempt()
     if previous and previous != tracker.run_id:
         _mark_killed(tracker, previous)
     try:
@@ -172,9 +163,10 @@ def _user() -> str | None:
         return None
 
 
-def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, report: Any,
+def evaluate_run(tracker: Tracker, params: Params, generator: str | Path, report: Any,
                  artifacts: list[str | Path | None]) -> dict[str, str | None]:
-    """The evaluate stage's run. The scores go into the run that trained the model only when they are
+    """The evaluate stage's run. The run that trained the model is the FINISHED run tagged with the
+    sha256 of `generator` (this clone's own first). The scores go into it only when they are
     that run's own evaluation: its project (clone), its own sample/evaluate params, the protocol it was
     scored under if it was. Else (another experiment's params, another clone, another protocol, a run
     this store lacks) into a new run, nested under the training run when the store has it, named and
@@ -184,11 +176,13 @@ def evaluate_run(tracker: Tracker, params: Params, run_handle: str | Path, repor
     per-class table. Only the own evaluation tags the model version and may promote it (at equal
     protocol). `report`: an evaluation.Report. Returns the run ids, for `dvc exp show`."""
     results, per_class = report.results, report.per_class
-    train_run = read_handle(run_handle)
+    train_run = None
     if tracker.enabled:
+        gen_sha = metrics.file_sha256(generator)
+        train_run = tracker.find_run(TAG_GENERATOR, gen_sha)
         scores = {k: v for k, v in results.items() if isinstance(v, (int, float))}
         fid_key = metrics.primary_fid_key(scores)
-        own = _open_scores_run(tracker, train_run, params, report)
+        own = _open_scores_run(tracker, train_run, params, report, gen_sha)
         tracker.log_params(_eval_params(params))
         tracker.log_metrics(scores)
         for path in artifacts:
@@ -225,7 +219,7 @@ def _digests(report: Any) -> dict[str, str]:
     return tags | ({TAG_EVALUATOR: weights[0]} if weights else {})
 
 
-def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params, report: Any) -> bool:
+def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params, report: Any, gen_sha: str) -> bool:
     """Open the run the scores go into; True when it is the training run itself (its own evaluation)."""
     mine = _eval_params(params)
     run = tracker.get_run(train_run)
@@ -236,25 +230,25 @@ def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params, re
         if not (changed or elsewhere or rescored):
             tracker.start(run_id=train_run)
             return True
-    elif train_run:
-        log.warning("run %s is not in %s: logging to a new run", train_run, tracker.uri)
-    name, tags = _scores_run(train_run, run, mine, report)
+    else:
+        log.warning("no finished run of %s trained this generator (sha256 %s): logging to a new run", tracker.uri, gen_sha[:12])
+    name, tags = _scores_run(train_run, run, mine, report, gen_sha)
     tracker.start(name=name, tags=tags)
     return False
 
 
-def _scores_run(train_run: str | None, run: Any, mine: dict[str, Any], report: Any) -> tuple[str, dict[str, str]]:
+def _scores_run(train_run: str | None, run: Any, mine: dict[str, Any], report: Any, gen_sha: str) -> tuple[str, dict[str, str]]:
     """The name and tags of an evaluation run of its own: "evaluate of <training run's name>" (or the DVC
     experiment's name), a description of why it is not the training run, the training run's id, this
     project, the digests; nested under the training run when the store has it."""
     import os
 
-    train_name = run.data.tags.get("mlflow.runName", train_run) if run else train_run
+    train_name = run.data.tags.get("mlflow.runName", train_run) if run else f"generator {gen_sha[:12]}"
     changed = {k: v for k, v in mine.items() if run and run.data.params.get(k) != str(v)}
     name = os.environ.get("DVC_EXP_NAME") or f"evaluate of {train_name}" + (
         " · " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in changed.items()) if changed else "")
     if run is None:
-        why = f"the training run {train_run} is not in this store"
+        why = f"no finished training run of this generator (sha256 {gen_sha[:12]}) is in this store"
     elif run.data.tags.get(TAG_PROJECT) != str(project_root()):
         why = f"the training run belongs to another clone ({run.data.tags.get(TAG_PROJECT, 'unknown')})"
     elif changed:
@@ -263,9 +257,10 @@ def _scores_run(train_run: str | None, run: Any, mine: dict[str, Any], report: A
     else:
         why = (f"the evaluation protocol changed (the training run was scored under {run.data.tags.get(TAG_PROTOCOL)}): "
                "new evaluation code, evaluator or data")
-    note = (f"Evaluation of the generator trained in run `{train_name}` ({train_run}), in project {project_root()}. "
+    trained = f"trained in run `{train_name}` ({train_run})" if run else f"with sha256 {gen_sha}"
+    note = (f"Evaluation of the generator {trained}, in project {project_root()}. "
             f"A run of its own because {why}. The model version's scores stay those of the training run's own evaluation.")
-    tags = {TAG_TRAIN_RUN: str(train_run), TAG_NOTE: note, TAG_PROJECT: str(project_root()), **_digests(report)}
+    tags = {TAG_NOTE: note, TAG_PROJECT: str(project_root()), **_digests(report)}
     if run is not None:
-        tags[TAG_PARENT] = train_run
+        tags |= {TAG_TRAIN_RUN: train_run, TAG_PARENT: train_run}
     return name[:120], tags

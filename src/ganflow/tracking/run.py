@@ -4,7 +4,6 @@ raises because of the store (calls from the training loop go through the Outbox)
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -12,10 +11,10 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import numpy as np
 
 from ganflow import GanflowError
-from ganflow.tracking.names import TAG_LOGGED_IMAGES
+from ganflow.tracking.names import TAG_LOGGED_IMAGES, TAG_PROJECT
 from ganflow.tracking.provenance import dvc_tags
 from ganflow.tracking.outbox import Outbox
-from ganflow.tracking.store import Store, connect, first_line, is_remote, quiet_mlflow, retry
+from ganflow.tracking.store import Store, connect, first_line, project_root, quiet_mlflow, retry
 
 if TYPE_CHECKING:
     from ganflow.config import TrackingConfig
@@ -113,6 +112,21 @@ class Tracker:
             return self.client.get_run(run_id)
         except Exception:
             return None
+
+    def find_run(self, tag: str, value: str) -> str | None:
+        """The newest FINISHED run of tracking.experiment tagged `tag` = `value`, this project's own
+        first (a clone finds the run it made; a teammate's clone, the shared store's run that made the
+        file), or None when there is none to be read."""
+        if not (self.enabled and value):
+            return None
+        try:
+            runs = self.client.search_runs([self.store.experiment_id], f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+                                           order_by=["attributes.start_time DESC"], max_results=100)
+        except Exception as err:
+            log.warning("could not search %s for the run tagged %s (%s)", self.uri, tag, first_line(err))
+            return None
+        mine = [r for r in runs if r.data.tags.get(TAG_PROJECT) == str(project_root())]
+        return (mine or runs)[0].info.run_id if runs else None
 
     def mark(self, run_id: str, status: str) -> None:
         """Set another run's status (an interrupted attempt that is still RUNNING -> KILLED)."""
@@ -232,14 +246,6 @@ class Tracker:
 
         return self.call(copy, "copy step images") or 0
 
-    def write_handle(self, path: str | Path, run_id: str | None = None) -> None:
-        """Record which run trained the model, for the later stages (models/run.json). The store is
-        named only when it is a server: a path of this machine never goes into a DVC-tracked file."""
-        from ganflow.io import write_json
-
-        store = self.uri if self.uri and is_remote(self.uri) else "local"
-        write_json(path, {"run_id": run_id or self.run_id, "store": store})
-
 
 def image_step(path: str) -> int | None:
     """The step in the name MLflow gives an image logged by step (`key+step+N+timestamp+...`, `%` in older MLflow)."""
@@ -251,10 +257,3 @@ def image_step(path: str) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def read_handle(path: str | Path) -> str | None:
-    try:
-        return json.loads(Path(path).read_text()).get("run_id")
-    except (OSError, ValueError) as err:
-        raise GanflowError(f"{path}: unreadable run handle ({err})") from None
