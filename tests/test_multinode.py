@@ -74,10 +74,7 @@ def error_lines(text: str) -> list[str]:
 
 
 def training_state(path: Path) -> dict:
-    ckpt = torch.load(path, weights_only=True)
-    ckpt.pop("eval_seconds")  # wall-clock time of the FID checks: the one field that may differ
-    ckpt.pop("extra")  # the MLflow run id, when tracked
-    return ckpt
+    return torch.load(path, weights_only=True)  # every field: a checkpoint holds no wall time and no MLflow run id
 
 
 def assert_same_state(a: dict, b: dict, where: str = "") -> None:

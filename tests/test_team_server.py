@@ -121,12 +121,13 @@ def test_a_second_clone_gets_its_own_runs_and_survives_the_server_going_away_mid
                "GANFLOW_TEST_SIGKILL_GROUP_AT": f"{server.proc.pid}:8"}
     r = dvc(root, killing, "repro", "train")
     assert [ln for ln in r.stderr.splitlines() if "unusable" in ln and "training goes on" in ln], r.stderr[-3000:]
-    second = run_id(root)
+    (spool,) = (root / ".ganflow" / "spool").iterdir()  # the second clone's run: its calls wait there for the server
+    second = spool.name
     assert second != run_id(first)
-    assert (root / ".ganflow" / "spool" / second).is_dir()
 
     server.start()  # back (the same database and artifacts): the next stage that tracks replays the spool over HTTP
     dvc(root, env, "repro")
+    assert run_id(root) == second  # evaluate found it by its generator
     c = client(server)
     assert [m.step for m in c.get_metric_history(second, "loss_D")] == [5, 10, 15, 20]
     assert "replayed" in c.get_run(second).data.tags["ganflow.tracking_gap"]

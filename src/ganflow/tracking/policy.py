@@ -178,6 +178,7 @@ def evaluate_run(tracker: Tracker, params: Params, generator: str | Path, report
     results, per_class = report.results, report.per_class
     train_run = None
     if tracker.enabled:
+        tracker.replay_spools()  # first: a training run spooled while its store was down gets its tags (and end) now
         gen_sha = metrics.file_sha256(generator)
         train_run = tracker.find_run(TAG_GENERATOR, gen_sha)
         scores = {k: v for k, v in results.items() if isinstance(v, (int, float))}
