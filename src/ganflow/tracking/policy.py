@@ -222,42 +222,50 @@ def _digests(report: Any) -> dict[str, str]:
 
 def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params, report: Any, gen_sha: str) -> bool:
     """Open the run the scores go into; True when it is the training run itself (its own evaluation)."""
-    mine = _eval_params(params)
     run = tracker.get_run(train_run)
-    if run is not None:
-        changed = {k: v for k, v in mine.items() if run.data.params.get(k) != str(v)}
-        elsewhere = run.data.tags.get(TAG_PROJECT) != str(project_root())
-        rescored = run.data.tags.get(TAG_PROTOCOL) not in (None, report.results[metrics.KEY_PROTOCOL])
-        if not (changed or elsewhere or rescored):
-            tracker.start(run_id=train_run)
-            return True
-    else:
+    changed = _changed(run, _eval_params(params))
+    why = _why_not_own(run, changed, report, gen_sha)
+    if why is None:
+        tracker.start(run_id=train_run)
+        return True
+    if run is None:
         log.warning("no finished run of %s trained this generator (sha256 %s): logging to a new run", tracker.uri, gen_sha[:12])
-    name, tags = _scores_run(train_run, run, mine, report, gen_sha)
+    name, tags = _scores_run(train_run, run, changed, report, gen_sha, why)
     tracker.start(name=name, tags=tags)
     return False
 
 
-def _scores_run(train_run: str | None, run: Any, mine: dict[str, Any], report: Any, gen_sha: str) -> tuple[str, dict[str, str]]:
+def _changed(run: Any, mine: dict[str, Any]) -> dict[str, Any]:
+    """The sample/evaluate params that differ from those the training run logged."""
+    return {k: v for k, v in mine.items() if run and run.data.params.get(k) != str(v)}
+
+
+def _why_not_own(run: Any, changed: dict[str, Any], report: Any, gen_sha: str) -> str | None:
+    """Why these scores are not the training run's own evaluation (None when they are): no such run in
+    this store, another clone's run, other sample/evaluate params, or another protocol than it was scored under."""
+    if run is None:
+        return f"no finished training run of this generator (sha256 {gen_sha[:12]}) is in this store"
+    if run.data.tags.get(TAG_PROJECT) != str(project_root()):
+        return f"the training run belongs to another clone ({run.data.tags.get(TAG_PROJECT, 'unknown')})"
+    if changed:
+        return "its sample/evaluate params differ from the training run's: " + "; ".join(
+            f"{k}: {run.data.params.get(k)} -> {v}" for k, v in changed.items())
+    if run.data.tags.get(TAG_PROTOCOL) not in (None, report.results[metrics.KEY_PROTOCOL]):
+        return (f"the evaluation protocol changed (the training run was scored under {run.data.tags.get(TAG_PROTOCOL)}): "
+                "new evaluation code, evaluator or data")
+    return None
+
+
+def _scores_run(train_run: str | None, run: Any, changed: dict[str, Any], report: Any, gen_sha: str,
+                why: str) -> tuple[str, dict[str, str]]:
     """The name and tags of an evaluation run of its own: "evaluate of <training run's name>" (or the DVC
-    experiment's name), a description of why it is not the training run, the training run's id, this
+    experiment's name), a description saying `why` it is not the training run, the training run's id, this
     project, the digests; nested under the training run when the store has it."""
     import os
 
     train_name = run.data.tags.get("mlflow.runName", train_run) if run else f"generator {gen_sha[:12]}"
-    changed = {k: v for k, v in mine.items() if run and run.data.params.get(k) != str(v)}
     name = os.environ.get("DVC_EXP_NAME") or f"evaluate of {train_name}" + (
         " · " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in changed.items()) if changed else "")
-    if run is None:
-        why = f"no finished training run of this generator (sha256 {gen_sha[:12]}) is in this store"
-    elif run.data.tags.get(TAG_PROJECT) != str(project_root()):
-        why = f"the training run belongs to another clone ({run.data.tags.get(TAG_PROJECT, 'unknown')})"
-    elif changed:
-        why = "its sample/evaluate params differ from the training run's: " + "; ".join(
-            f"{k}: {run.data.params.get(k)} -> {v}" for k, v in changed.items())
-    else:
-        why = (f"the evaluation protocol changed (the training run was scored under {run.data.tags.get(TAG_PROTOCOL)}): "
-               "new evaluation code, evaluator or data")
     trained = f"trained in run `{train_name}` ({train_run})" if run else f"with sha256 {gen_sha}"
     note = (f"Evaluation of the generator {trained}, in project {project_root()}. "
             f"A run of its own because {why}. The model version's scores stay those of the training run's own evaluation.")
