@@ -51,6 +51,25 @@ def test_batched_fid_matches_torch_fidelity_per_pair():
         np.testing.assert_allclose(float(batched[i]), m.fid(a[torch.from_numpy(rows)], b), rtol=1e-6)
 
 
+@pytest.mark.parametrize("n, dim", [(700, 384), (300, 16)])
+def test_resampled_stats_are_bit_for_bit_those_of_the_gathered_products(n, dim):
+    """The rows' packed outer products, built one triangle row at a time, are the ones gathered with
+    triu_indices before (commit 3793ec5): the same matrices, so the same interval (700 rows of 384: four blocks)."""
+    g = torch.Generator().manual_seed(dim)
+    x = torch.relu(torch.randn(n, dim, generator=g)).double()
+    draws = [np.random.default_rng(i).integers(0, n, n) for i in range(3)]
+    centred = x - x.mean(0)
+    counts = torch.from_numpy(np.stack([np.bincount(i, minlength=n) for i in draws])).double()
+    iu = torch.triu_indices(dim, dim)
+    step = max(1, m.PACKED_BYTES // (8 * iu.shape[1]))
+    packed = sum(counts[:, s : s + step] @ (rows[:, iu[0]] * rows[:, iu[1]]) for s, rows in
+                 ((s, centred[s : s + step]) for s in range(0, n, step)))
+    mu, cov = m._resampled_stats(x, draws)
+    mean = counts @ centred / n
+    assert torch.equal(cov[:, iu[0], iu[1]], (packed - n * mean[:, iu[0]] * mean[:, iu[1]]) / (n - 1))
+    assert torch.equal(mu, mean + x.mean(0))
+
+
 def test_a_dead_feature_takes_the_eigen_path_and_agrees_with_torch_fidelity():
     """A feature that is 0 in every row (a dead ReLU) makes every Σ₁ singular: Cholesky fails and
     √Σ₁ comes from the eigen-decomposition; the FIDs still equal torch-fidelity's, and the thread

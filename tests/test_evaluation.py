@@ -127,11 +127,11 @@ def test_density_and_coverage_match_the_authors_prdc_package():
     prdc = pytest.importorskip("prdc")
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(0.3, 1.1, size=(200, 16)).astype(np.float32)
-    ours, covered = m.density_coverage(torch.from_numpy(fake), torch.from_numpy(real), "classifier")
+    near = m.neighbours(torch.from_numpy(fake), torch.from_numpy(real), "classifier")
     theirs = prdc.compute_prdc(real_features=real, fake_features=fake, nearest_k=5)
-    assert ours["density_classifier"] == pytest.approx(theirs["density"], abs=1e-6)
-    assert ours["coverage_classifier"] == pytest.approx(theirs["coverage"], abs=1e-6)
-    assert covered.shape == (300,)
+    assert near.scores["density_classifier"] == pytest.approx(theirs["density"], abs=1e-6)
+    assert near.scores["coverage_classifier"] == pytest.approx(theirs["coverage"], abs=1e-6)
+    assert near.covered.shape == (300,)
 
 
 @pytest.mark.stage

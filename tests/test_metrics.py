@@ -171,3 +171,50 @@ def test_a_foreign_state_dict_as_inception_weights_is_one_line(mnist, tmp_path):
     with pytest.raises(GanflowError) as err:
         metrics.extract(mnist.images[:8], "inception", path, CFG, CPU)
     assert str(err.value).startswith(f"{path}: not the weights of the inception feature extractor") and "\n" not in str(err.value)
+
+
+def _streamed_before(fake, real, train, heldout):
+    """The k-NN scores as ganflow computed them before one pass per matrix (commit 3793ec5): k-th
+    neighbours by kthvalue, each score over its own distance matrices (torch-fidelity's for PRC)."""
+    from torch_fidelity.metric_prc import calc_cdist_part
+
+    def nearest(a, b):
+        best = [calc_cdist_part(c, b).min(1) for c in a.split(512)]
+        return torch.cat([m.values for m in best]), torch.cat([m.indices for m in best])
+
+    radii = torch.cat([calc_cdist_part(c, real).kthvalue(6, dim=1).values for c in real.split(512)])
+    inside, near_fake = 0, torch.full((len(real),), float("inf"))
+    for c in fake.split(512):
+        d = calc_cdist_part(c, real)
+        inside += int((d < radii).sum())
+        near_fake = torch.minimum(near_fake, d.min(0).values)
+    d_fake, idx = nearest(fake, real[train])
+    d_real, _ = nearest(real[heldout], real[train])
+    threshold = torch.quantile(d_real, metrics.MEMORIZATION_QUANTILE)
+    return (inside / (5 * len(fake)), float((near_fake < radii).float().mean()), near_fake < radii, d_fake, idx,
+            float((d_fake < threshold).float().mean()), float(d_fake.median() / d_real.median().clamp_min(1e-12)))
+
+
+@pytest.mark.parametrize("n, n_real, dim", [(1300, 1100, 384), (700, 900, 128)])
+def test_neighbours_give_exactly_the_scores_of_the_per_score_computation(n, n_real, dim):
+    """One pass per distance matrix, k-th neighbours by topk: bit for bit torch-fidelity's precision and
+    recall and ganflow's earlier density, coverage and nearest training images, on features with copies
+    of real points and repeated samples (exact ties), several CHUNKs long, at the stacked space's width."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    g = torch.Generator().manual_seed(dim)
+    real = torch.randn(n_real, dim, generator=g).relu()
+    fake = 1.1 * torch.randn(n, dim, generator=g).relu()
+    fake[: n // 4] = real[torch.randint(0, n_real, (n // 4,), generator=g)]
+    fake[n // 4 : n // 2] = fake[: n // 4]
+    perm = torch.randperm(n_real, generator=g).numpy()
+    heldout, train = perm[: n_real // 5], perm[n_real // 5 :]
+    near = metrics.neighbours(fake, real, "classifier", train)
+    prc = prc_features_to_metric(fake, real, prc_neighborhood=3, prc_batch_size=512, save_cpu_ram=True, verbose=False)
+    density, coverage, covered, d_fake, idx, memorized, ratio = _streamed_before(fake, real, train, heldout)
+    assert near.scores == {"precision_classifier": prc["precision"], "recall_classifier": prc["recall"],
+                           "density_classifier": density, "coverage_classifier": coverage}
+    assert torch.equal(near.covered, covered) and torch.equal(near.nn_dist, d_fake) and torch.equal(near.nn_index, idx)
+    assert metrics.memorization(near.nn_dist, real[train], real[heldout]) == {
+        "memorized_share_classifier": memorized, "nn_distance_ratio_classifier": ratio}
+    assert 0.1 < prc["precision"] < 0.9 and 0.1 < coverage < 0.9 and memorized > 0.2  # the data tests something

@@ -75,15 +75,14 @@ def space_scores(fake: m.Features, real: m.Features, space: m.Space, train: np.n
     """The scores that need no classes, in one feature space: FID (and its bootstrap interval), IS when
     the space has logits, KID, precision/recall, density/coverage, train vs held-out FID and
     memorization. Also which real points are covered and each sample's nearest training image."""
-    results = m.scores(fake, real, space, cfg)
+    near = m.neighbours(fake.emb, real.emb, space, train)
+    results = near.scores | m.scores(fake, real, space, cfg)
     if cfg.bootstrap:
         lo, hi = m.fid_interval(fake.emb, real.emb, cfg.bootstrap, SEED)
         results |= {m.key(m.FID_LOW, space): lo, m.key(m.FID_HIGH, space): hi}
-    dc, covered = m.density_coverage(fake.emb, real.emb, space)
-    results |= dc
     results |= m.train_heldout(fake.emb, real.emb[train], real.emb[heldout], SEED, space)
-    memo, nn_dist, nn_index = m.memorization(fake.emb, real.emb[train], real.emb[heldout], space)
-    return results | memo, covered, nn_dist, nn_index
+    results |= m.memorization(near.nn_dist, real.emb[train], real.emb[heldout], space)
+    return results, near.covered, near.nn_dist, near.nn_index
 
 
 def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, inception: Path | None,
@@ -118,7 +117,7 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
     if inception is not None:
         real_i = m.real_features(ds.images, "inception", inception, cfg, device)
         fake_i = m.extract(samples, "inception", inception, cfg, device)
-        results |= m.scores(fake_i, real_i, "inception", cfg) | m.density_coverage(fake_i.emb, real_i.emb, "inception")[0]
+        results |= m.neighbours(fake_i.emb, real_i.emb, "inception").scores | m.scores(fake_i, real_i, "inception", cfg)
 
     protocol = {"torch_fidelity": torch_fidelity.__version__}
     for space in spaces:

@@ -146,7 +146,8 @@ class PngFolder(torch.utils.data.Dataset):
         self.paths = [p for p in entries if p.suffix.lower() == ".png" and p.is_file()]
         if not self.paths:
             raise GanflowError(f"{folder}: no PNG samples in it")
-        skipped = [p.name for p in entries if p not in set(self.paths)]
+        keep = set(self.paths)  # once: a set built per entry made listing 50,000 files take minutes
+        skipped = [p.name for p in entries if p not in keep]
         if skipped:
             logging.getLogger("ganflow.sampling").warning(
                 "%s: skipped %d entr%s that %s not a regular PNG file (%s)", folder, len(skipped),
