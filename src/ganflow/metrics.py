@@ -566,7 +566,8 @@ def fidelity(samples: np.ndarray | Dataset, real: np.ndarray, space: Space, weig
     """`neighbours` and `scores` of two image sets (the real set's features cached): for benches."""
     fake = extract(samples, space, weights, cfg, device)
     ref = real_features(real, space, weights, cfg, device)
-    return neighbours(fake.emb, ref.emb, space).scores | scores(fake, ref, space, cfg)
+    near = neighbours(fake.emb, ref.emb, space)
+    return scores(fake, ref, space, cfg) | near.scores
 
 
 def class_histogram(pred: np.ndarray, n_classes: int) -> np.ndarray:
