@@ -39,7 +39,7 @@ QUICK := evaluator.epochs=1 train.steps=300 train.resume=false train.eval_every=
 quick: setup
 	OMP_NUM_THREADS=$(QUICK_THREADS) $(BIN)/dvc exp run --temp $(addprefix -S ,$(QUICK) $(S))
 
-# everything, as CI runs it (27.6 min measured on a quiet 2-core machine; CI: 24.7 min)
+# everything, as CI runs it (19.5 min measured on a quiet 2-core machine; the last CI run: 28.5 min, before evaluate got faster)
 test: setup
 	$(BIN)/pytest
 
