@@ -70,7 +70,8 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     """
     hooks = LoopHooks(tracker)
     tracker.replay_spools()  # first: a run that finished while the store was down is closed as FINISHED now
-    wrote = tracker.find_run(TAG_CHECKPOINT, metrics.file_sha256(paths.checkpoint)) if trainer.resumed and tracker.enabled else None
+    found = tracker.find_run(TAG_CHECKPOINT, metrics.file_sha256(paths.checkpoint)) if trainer.resumed and tracker.enabled else None
+    wrote = found.info.run_id if found else None
     if wrote and trainer.state.step >= params.train.steps:
         train(hooks)  # the tracker has no run: nothing is logged
         if main:
@@ -180,10 +181,11 @@ def evaluate_run(tracker: Tracker, params: Params, generator: str | Path, report
     if tracker.enabled:
         tracker.replay_spools()  # first: a training run spooled while its store was down gets its tags (and end) now
         gen_sha = metrics.file_sha256(generator)
-        train_run = tracker.find_run(TAG_GENERATOR, gen_sha)
+        run = tracker.find_run(TAG_GENERATOR, gen_sha)
+        train_run = run.info.run_id if run else None
         scores = {k: v for k, v in results.items() if isinstance(v, (int, float))}
         fid_key = metrics.primary_fid_key(scores)
-        own = _open_scores_run(tracker, train_run, params, report, gen_sha)
+        own = _open_scores_run(tracker, run, params, report, gen_sha)
         tracker.log_params(_eval_params(params))
         tracker.log_metrics(scores)
         for path in artifacts:
@@ -220,9 +222,9 @@ def _digests(report: Any) -> dict[str, str]:
     return tags | ({TAG_EVALUATOR: weights[0]} if weights else {})
 
 
-def _open_scores_run(tracker: Tracker, train_run: str | None, params: Params, report: Any, gen_sha: str) -> bool:
-    """Open the run the scores go into; True when it is the training run itself (its own evaluation)."""
-    run = tracker.get_run(train_run)
+def _open_scores_run(tracker: Tracker, run: Any, params: Params, report: Any, gen_sha: str) -> bool:
+    """Open the run the scores go into; True when it is the training run `run` itself (its own evaluation)."""
+    train_run = run.info.run_id if run else None
     changed = _changed(run, _eval_params(params))
     why = _why_not_own(run, changed, report, gen_sha)
     if why is None:

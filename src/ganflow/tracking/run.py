@@ -113,10 +113,10 @@ class Tracker:
         except Exception:
             return None
 
-    def find_run(self, tag: str, value: str) -> str | None:
-        """The newest FINISHED run of tracking.experiment tagged `tag` = `value`, this project's own
-        first (a clone finds the run it made; a teammate's clone, the shared store's run that made the
-        file), or None when there is none to be read."""
+    def find_run(self, tag: str, value: str):
+        """The newest FINISHED run of tracking.experiment tagged `tag` = `value` (the MLflow Run, as the
+        search returned it), this project's own first (a clone finds the run it made; a teammate's
+        clone, the shared store's run that made the file), or None when there is none to be read."""
         if not (self.enabled and value):
             return None
         try:
@@ -126,7 +126,7 @@ class Tracker:
             log.warning("could not search %s for the run tagged %s (%s)", self.uri, tag, first_line(err))
             return None
         mine = [r for r in runs if r.data.tags.get(TAG_PROJECT) == str(project_root())]
-        return (mine or runs)[0].info.run_id if runs else None
+        return (mine or runs)[0] if runs else None
 
     def mark(self, run_id: str, status: str) -> None:
         """Set another run's status (an interrupted attempt that is still RUNNING -> KILLED)."""
