@@ -208,6 +208,9 @@ class TrainConfig(_Section):
     devices: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1, description="processes training data-parallel (DDP, launched by torchrun); auto: one per CUDA device"
     )
+    autocast: Literal["auto", "bf16", "off"] = Field(
+        "auto", description="bf16 autocast of the step (weights and optimisers stay float32): auto (on CUDA, and on a CPU with native bf16: AVX512-BF16 or AMX) | bf16 | off"
+    )
     channels_last: bool = Field(False, description="NHWC memory layout for both nets (a GPU speed lever)")
     compile: bool = Field(False, description="torch.compile G and D (speed lever; the first steps pay for compilation)")
     cuda_graph: Literal["auto", "on", "off"] = Field(

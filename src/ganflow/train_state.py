@@ -33,6 +33,7 @@ log = logging.getLogger("ganflow.train")
 NOT_FINGERPRINTED = {
     "steps", "resume", "log_every", "sample_every", "checkpoint_every", "device", "eval_every", "eval_samples",
     "channels_last", "compile", "cuda_graph",  # speed levers compute the same step
+    "autocast",  # the same step in another rounding, as on another device (train.device is not fingerprinted either)
     "devices",  # the resolved world size is fingerprinted instead
 }
 KEEP_SET_ASIDE = 3  # set-aside checkpoints kept beside the live one (the oldest beyond this are deleted)
