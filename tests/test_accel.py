@@ -1,4 +1,4 @@
-"""Speed levers: train.cuda_graph validation and dispatch, capture after resume (with a stand-in for
+"""Speed levers: train.cuda_graph validation and dispatch, bf16 autocast (train.autocast), capture after resume (with a stand-in for
 the CUDA graph on the CPU), the frozen D in the G step, channels_last, max_seconds, export.
 CUDA-only checks at the end are skipped without a GPU."""
 
@@ -75,6 +75,35 @@ def test_graph_decision_names_the_reason():
         "eager, because training is data-parallel (train.devices is not 1: DDP runs eagerly)")
     assert accel.graph_decision("auto", gpu, Dist(), True)[0] is False
     assert accel.graph_decision("auto", gpu, Dist(), False)[0] is True
+
+
+def test_autocast_decision_names_the_reason(monkeypatch):
+    cpu, gpu, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    assert accel.bf16_decision("off", gpu) == (False, "float32")
+    assert accel.bf16_decision("auto", gpu) == (True, "bf16")
+    assert accel.bf16_decision("bf16", cpu) == (True, "bf16")
+    assert accel.bf16_decision("auto", mps) == (False, "float32 (mps)")
+    with pytest.raises(GanflowError, match="train.autocast is bf16, but autocast on mps is not supported here"):
+        accel.bf16_decision("bf16", mps)
+    # auto on a CPU: bf16 only where the CPU computes it natively (elsewhere it is emulated, and slower)
+    monkeypatch.setattr(accel, "native_bf16_cpu", lambda: True)
+    assert accel.bf16_decision("auto", cpu) == (True, "bf16 (the CPU has native bf16)")
+    monkeypatch.setattr(accel, "native_bf16_cpu", lambda: False)
+    assert accel.bf16_decision("auto", cpu) == (False, "float32 (the CPU has no native bf16: AVX512-BF16 or AMX)")
+
+
+@pytest.mark.parametrize("mode, dtype", [("off", torch.float32), ("bf16", torch.bfloat16)])
+def test_autocast_runs_the_step_in_bf16_and_keeps_float32_weights(mnist, mode, dtype):
+    t = Trainer(parse_params({"train": {**TINY_TRAIN, "autocast": mode, "r1": 1.0, "r1_every": 2}}), mnist, "x")
+    seen = []  # what G draws, and D's first convolution (D's head sums in float32 under autocast)
+    for net in (t.gs.G, t.gs.D.body[0]):
+        net.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    for i in range(2):  # the D+G step, then the lazy R1 step
+        t.gs.advance(i)
+    assert seen and set(seen) == {dtype}
+    states = [t.gs.G.state_dict(), t.gs.D.state_dict(), t.gs.G_ema.state_dict()]
+    assert {v.dtype for sd in states for v in sd.values() if v.is_floating_point()} == {torch.float32}
+    assert all(torch.isfinite(v).all() for sd in states for v in sd.values() if v.is_floating_point())
 
 
 def test_eager_dispatch_calls_the_step_itself(mnist):
@@ -225,6 +254,29 @@ def test_rpgan_with_r1_r2_and_a_cosine_gamma_resumes_exactly(mnist, tmp_path):
     c = train(mnist, tmp_path / "no-r2", **{**knobs, "r2": 0.0})
     assert (tmp_path / "whole" / "generator.pt").read_bytes() != (tmp_path / "no-r2" / "generator.pt").read_bytes()
     assert [t.name for t in c.gs.loss.lazy_d_terms] == ["r1"]
+
+
+@pytest.mark.stage
+def test_a_bf16_run_killed_then_resumed_gives_the_same_generator(mnist, tmp_path):
+    """bf16 autocast on the CPU (train.autocast: auto picks it where the CPU has native bf16; bf16 runs
+    it anywhere): the step is still a pure function of the checkpoint, so a run killed after its step-10
+    checkpoint and resumed equals the whole one, bit for bit, and differs from the float32 run."""
+    knobs = {"autocast": "bf16", "r1": 1.0, "r1_every": 3}
+    train(mnist, tmp_path / "whole", **knobs)
+
+    def kill_at_10(metrics, step):
+        if step == 10:
+            raise Killed
+
+    params = parse_params({"train": {**TINY_TRAIN, **knobs}})
+    accel.seed_everything(params.seed, torch.device("cpu"))
+    with pytest.raises(Killed):
+        Trainer(params, mnist, "sha-test").run(paths(tmp_path / "split"), Hooks(on_metrics=kill_at_10))
+    b = train(mnist, tmp_path / "split", **knobs)
+    assert b.resumed["step"] == 10 and b.gs.levers.bf16
+    assert (tmp_path / "whole" / "generator.pt").read_bytes() == (tmp_path / "split" / "generator.pt").read_bytes()
+    train(mnist, tmp_path / "fp32", **{**knobs, "autocast": "off"})
+    assert (tmp_path / "whole" / "generator.pt").read_bytes() != (tmp_path / "fp32" / "generator.pt").read_bytes()
 
 
 @pytest.mark.stage

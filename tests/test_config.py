@@ -144,9 +144,9 @@ def test_check_command(tmp_path):
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"train": {"ema": 1e300}}, "params.yaml: train.ema 1e+300 (a half-life in images) must be at most 1000 × the 448,000 images trained"),
+    ({"train": {"ema": 1e300}}, "params.yaml: train.ema 1e+300 (a half-life in images) must be at most 1000 × the 640,000 images trained"),
     ({"train": {"ema": 1.7e308}}, "params.yaml: train.ema 1.7e+308 (a half-life in images) must be at most 1000"),
-    ({"train": {"lr_decay": 1e-17}}, "params.yaml: train.lr_decay 1e-17 decays over less than one of the 7000 steps"),
+    ({"train": {"lr_decay": 1e-17}}, "params.yaml: train.lr_decay 1e-17 decays over less than one of the 10000 steps"),
     ({"train": {"eval_samples": 1}}, "params.yaml: train.eval_samples must be greater than or equal to 64 (got 1)"),
     ({"train": {"eval_samples": 2}}, "params.yaml: train.eval_samples must be greater than or equal to 64 (got 2)"),
     ({"evaluate": {"bootstrap": 10**9}}, "params.yaml: evaluate.bootstrap must be less than or equal to 10000"),

@@ -137,6 +137,7 @@ class Levers:
     graph_reason: str = ""  # why graphs are (not) used, for the log
     graph_backend: GraphBackend = field(default_factory=CudaGraphs)
     bf16: bool = False  # bf16 autocast of the step (train.autocast resolved for this device)
+    precision: str = ""  # the setting and why, for the log
 
     @property
     def fused(self) -> bool:
@@ -197,7 +198,7 @@ class Levers:
 
     def stepper(self, step: Callable[[], Any], optimizers: Iterable[torch.optim.Optimizer]) -> Callable[[], Any]:
         """What the loop calls once per step: `step` itself, or `step` captured as one CUDA graph."""
-        log.info("train.cuda_graph %s: %s", self.cuda_graph, self.graph_reason)
+        log.info("train.cuda_graph %s: %s; %s", self.cuda_graph, self.graph_reason, self.precision)
         if not self.graph:
             return step
         self.graph_backend.prepare(optimizers)
@@ -217,8 +218,8 @@ def levers(cfg: TrainConfig, dist: Dist = SINGLE, device: torch.device | None = 
     device = device_for(dist, device if device is not None else select_device(cfg.device))
     graph, reason = graph_decision(cfg.cuda_graph, device, dist, cfg.compile)
     bf16, why = bf16_decision(cfg.autocast, device)
-    log.info("train.autocast %s: %s", cfg.autocast, why)
-    return Levers(device, dist, cfg.channels_last, cfg.compile, cfg.cuda_graph, graph, reason, bf16=bf16)
+    return Levers(device, dist, cfg.channels_last, cfg.compile, cfg.cuda_graph, graph, reason, bf16=bf16,
+                  precision=f"train.autocast {cfg.autocast}: {why}")
 
 
 def native_bf16_cpu() -> bool:

@@ -160,7 +160,7 @@ class TrainConfig(_Section):
 
     arch: str = Field("dcgan", description="seed (the original dense G + conv D) | dcgan | sngan (ResNet)")
     loss: str = Field("hinge", description="non-saturating | hinge | wgan-gp | rpgan (relativistic pairing, R3GAN)")
-    steps: PosInt = Field(7000, description="optimisation steps of D and G")
+    steps: PosInt = Field(10000, description="optimisation steps of D and G")
     batch_size: BatchSize = Field(64, description="real images per step of D and G, per process")
     lr_g: PosFloat = Field(0.0006, description="Adam learning rate of G")
     lr_d: PosFloat = Field(0.0006, description="Adam learning rate of D")
