@@ -196,6 +196,20 @@ class Killed(Exception):
     pass
 
 
+def killed_then_resumed(mnist, out, knobs: dict) -> Trainer:
+    """A run of TINY_TRAIN + knobs into `out`, killed right after its step-10 checkpoint (reports run after
+    that step's checkpoint), then run again: the resumed Trainer."""
+    def kill_at_10(metrics, step):
+        if step == 10:
+            raise Killed
+
+    params = parse_params({"train": {**TINY_TRAIN, **knobs}})
+    accel.seed_everything(params.seed, torch.device("cpu"))
+    with pytest.raises(Killed):
+        Trainer(params, mnist, "sha-test").run(paths(out), Hooks(on_metrics=kill_at_10))
+    return train(mnist, out, **knobs)
+
+
 @pytest.mark.stage
 def test_lecam_r1_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
     """LeCam's running means are loss state in the checkpoint; the decayed learning rate, the ramped
@@ -205,16 +219,7 @@ def test_lecam_r1_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
     knobs = {"lecam": 0.1, "lr_decay": 0.5, "ema_rampup": 0.05, "topk": 0.5, "r1": 1.0, "r1_every": 3}
     mnist = mnist.subset(np.arange(64))  # an epoch of 4 steps: the top-k count falls during the run
     a = train(mnist, whole, **knobs)
-
-    def kill_at_10(metrics, step):  # reports run after that step's checkpoint
-        if step == 10:
-            raise Killed
-
-    params = parse_params({"train": {**TINY_TRAIN, **knobs}})
-    accel.seed_everything(params.seed, torch.device("cpu"))
-    with pytest.raises(Killed):
-        Trainer(params, mnist, "sha-test").run(paths(split), Hooks(on_metrics=kill_at_10))
-    b = train(mnist, split, **knobs)
+    b = killed_then_resumed(mnist, split, knobs)
     assert b.resumed["step"] == 10 and torch.equal(a.gs.loss.lecam.ema, b.gs.loss.lecam.ema) and a.gs.loss.lecam.ema.abs().sum() > 0
     assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()
     # constant for 10 steps, then falling linearly: the last of 20 steps runs at a tenth
@@ -236,16 +241,7 @@ def test_rpgan_with_r1_r2_and_a_cosine_gamma_resumes_exactly(mnist, tmp_path):
     whole one, bit for bit; and R2 is really applied."""
     knobs = {"loss": "rpgan", "r1": 1.0, "r2": 1.0, "r1_every": 3, "gamma_schedule": "cosine"}
     a = train(mnist, tmp_path / "whole", **knobs)
-
-    def kill_at_10(metrics, step):
-        if step == 10:
-            raise Killed
-
-    params = parse_params({"train": {**TINY_TRAIN, **knobs}})
-    accel.seed_everything(params.seed, torch.device("cpu"))
-    with pytest.raises(Killed):
-        Trainer(params, mnist, "sha-test").run(paths(tmp_path / "split"), Hooks(on_metrics=kill_at_10))
-    b = train(mnist, tmp_path / "split", **knobs)
+    b = killed_then_resumed(mnist, tmp_path / "split", knobs)
     assert b.resumed["step"] == 10
     assert (tmp_path / "whole" / "generator.pt").read_bytes() == (tmp_path / "split" / "generator.pt").read_bytes()
     r1, r2 = a.gs.loss.lazy_d_terms
@@ -263,16 +259,7 @@ def test_a_bf16_run_killed_then_resumed_gives_the_same_generator(mnist, tmp_path
     checkpoint and resumed equals the whole one, bit for bit, and differs from the float32 run."""
     knobs = {"autocast": "bf16", "r1": 1.0, "r1_every": 3}
     train(mnist, tmp_path / "whole", **knobs)
-
-    def kill_at_10(metrics, step):
-        if step == 10:
-            raise Killed
-
-    params = parse_params({"train": {**TINY_TRAIN, **knobs}})
-    accel.seed_everything(params.seed, torch.device("cpu"))
-    with pytest.raises(Killed):
-        Trainer(params, mnist, "sha-test").run(paths(tmp_path / "split"), Hooks(on_metrics=kill_at_10))
-    b = train(mnist, tmp_path / "split", **knobs)
+    b = killed_then_resumed(mnist, tmp_path / "split", knobs)
     assert b.resumed["step"] == 10 and b.gs.levers.bf16
     assert (tmp_path / "whole" / "generator.pt").read_bytes() == (tmp_path / "split" / "generator.pt").read_bytes()
     train(mnist, tmp_path / "fp32", **{**knobs, "autocast": "off"})
