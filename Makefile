@@ -39,7 +39,7 @@ QUICK := evaluator.epochs=1 train.steps=300 train.resume=false train.eval_every=
 quick: setup
 	OMP_NUM_THREADS=$(QUICK_THREADS) $(BIN)/dvc exp run --temp $(addprefix -S ,$(QUICK) $(S))
 
-# everything, as CI runs it (19.5 min measured on a quiet 2-core machine; the last CI run: 28.5 min, before evaluate got faster)
+# everything, as CI runs it (22 min measured here at load 1.3–2; the last CI run: 21 min)
 test: setup
 	$(BIN)/pytest
 
