@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from conftest import dvc, make_project, sh
 
@@ -18,8 +19,8 @@ def _up_to_date(root, env) -> bool:
 
 def test_fresh_clone_pulls_results_and_experiments(tmp_path):
     alice, bob, team_git = tmp_path / "alice", tmp_path / "bob", tmp_path / "team.git"
-    storage = tmp_path / "ganflow-storage"  # .dvc/config's relative url: beside whichever clone reads it
-    env = make_project(alice)
+    storage = tmp_path / "ganflow-storage"  # .dvc/config's url ~/ganflow-storage, with both on one machine
+    env = make_project(alice) | {"HOME": str(tmp_path)}
     assert dvc(alice, env, "remote", "list").stdout.split() == ["storage", str(storage), "(default)"]
 
     # the first run needs no remote (there is none yet on disk)
@@ -39,6 +40,11 @@ def test_fresh_clone_pulls_results_and_experiments(tmp_path):
     pushed = dvc(alice, env, "exp", "push", "origin", "small-sample")
     assert "Pushed experiment small-sample" in pushed.stdout, pushed.stdout
     assert re.search(r"\d+ files? uploaded", pushed.stdout), pushed.stdout  # its outputs, not only the git ref
+    # ... to the remote this clone names: DVC reads the experiment commit's .dvc/config from git, where a
+    # relative url would resolve against the tree's root (`/ganflow-storage`), not against the clone
+    samples_dir = next(o["md5"] for o in yaml.safe_load((alice / "dvc.lock").read_text())["stages"]["sample"]["outs"]
+                       if o["path"] == "samples")
+    assert (storage / "files" / "md5" / samples_dir[:2] / samples_dir[2:]).is_file()
 
     # Bob: a fresh clone in another folder finds the same remote, pulls, and has nothing to re-run
     sh("git", "clone", "-q", "--branch", branch, str(team_git), str(bob), cwd=tmp_path, env=env)
