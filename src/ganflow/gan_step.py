@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
+from torch.nn.utils import parametrize
 
 from ganflow import GanflowError, augment, losses
 from ganflow.accel import DeviceScalars, Levers, uncompiled
@@ -158,7 +159,8 @@ class GanStep:
             real, y = self.real_batch()
             with self.levers.autocast():
                 fake = self.G_step(self.noise(), y)
-                loss_d, logit_r, logit_f = self.loss.d_loss(self.D_aug, real, fake.detach(), y)
+                with parametrize.cached():  # D's spectral norms: one power iteration per loss, not per D call
+                    loss_d, logit_r, logit_f = self.loss.d_loss(self.D_aug, real, fake.detach(), y)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()
@@ -167,7 +169,7 @@ class GanStep:
                 fake = self.G_step(self.noise(), y)
         # Update G: make D score G(z) as real (the last fake is reused when D steps once); D's weights
         # are frozen, so backward makes gradients for G's weights only
-        with frozen(self.D), self.levers.autocast():
+        with frozen(self.D), self.levers.autocast(), parametrize.cached():
             loss_g = self.loss.g_loss(self.D_frozen, fake, y, self.keep, real=real)  # rpgan pairs fakes with reals
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
