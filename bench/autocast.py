@@ -11,19 +11,11 @@ DIR holds data/prepared and models/evaluator.pt made with that data's params (as
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from sweep import DATA, calibrate, training_split
+from sweep import DATA, calibrate, step_bench_args, training_split
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--project", type=Path, required=True)
-    ap.add_argument("--data", choices=sorted(DATA), default="params")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=3.0)
-    a = ap.parse_args()
+    a = step_bench_args(__doc__)
     images = training_split(a.project.resolve())
     rates = calibrate({mode: {**DATA[a.data], "train.autocast": mode} for mode in ("off", "bf16")},
                       images, a.rounds, a.seconds)

@@ -14,24 +14,16 @@ DIR holds data/prepared and models/evaluator.pt made with that data's params (as
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import statistics
-from pathlib import Path
 
 from torch.nn.utils import parametrize
 
 from ganflow import accel
-from sweep import DATA, step_timer, training_split
+from sweep import DATA, interleaved, step_bench_args, step_timer, training_split
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--project", type=Path, required=True)
-    ap.add_argument("--data", choices=sorted(DATA), default="params")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=3.0)
-    a = ap.parse_args()
+    a = step_bench_args(__doc__)
     images = training_split(a.project.resolve())
     cached, cache_on = parametrize.cached, [True]
     parametrize.cached = lambda: cached() if cache_on[0] else contextlib.nullcontext()  # what GanStep.step calls
@@ -40,17 +32,20 @@ def main() -> None:
         accel.Levers.fused = property(lambda self, on=fused: on)  # read when the trainer builds its optimisers
         for cache in (True, False):
             cache_on[0] = cache
-            timers[fused, cache] = step_timer(DATA[a.data], images)
-    samples: dict[tuple[bool, bool], list[float]] = {key: [] for key in timers}
-    for _ in range(a.rounds):
-        for (fused, cache), timer in timers.items():
-            cache_on[0] = cache
-            samples[fused, cache].append(timer(a.seconds))
-    rates = {key: statistics.median(v) for key, v in samples.items()}
+            timers[fused, cache] = with_cache(step_timer(DATA[a.data], images), cache, cache_on)
+    rates = interleaved(timers, a.rounds, a.seconds)
     for (fused, cache), rate in rates.items():
         print(f"{a.data} fused Adam {'on ' if fused else 'off'}, spectral norm once per loss {'on ' if cache else 'off'}: "
               f"{rate:.1f} steps/s ({rate / rates[True, True]:.3f} of the default)")
     print(f"ratio default / both off: {rates[True, True] / rates[False, False]:.3f}")
+
+
+def with_cache(timer, cache: bool, cache_on: list[bool]):
+    """`timer` with the per-loss spectral norm switched on or off while it runs."""
+    def timed(seconds: float) -> float:
+        cache_on[0] = cache
+        return timer(seconds)
+    return timed
 
 
 if __name__ == "__main__":

@@ -156,14 +156,28 @@ def step_timer(overrides: dict[str, object], images) -> Callable[[float], float]
 
 
 def calibrate(recipes: dict[str, dict[str, object]], images, rounds: int = 5, seconds: float = 2.0) -> dict[str, float]:
-    """Steps per second of each recipe on this machine: `rounds` interleaved timings, the median of
-    each (a load spike then hits one timing of every recipe, not all timings of one)."""
-    timers = {key: step_timer(o, images) for key, o in recipes.items()}
-    samples: dict[str, list[float]] = {key: [] for key in recipes}
+    """Steps per second of each recipe on this machine (`interleaved`)."""
+    return interleaved({key: step_timer(o, images) for key, o in recipes.items()}, rounds, seconds)
+
+
+def interleaved(timers: dict, rounds: int, seconds: float) -> dict:
+    """Steps per second of each timer: `rounds` interleaved timings, the median of each (a load spike
+    then hits one timing of every timer, not all timings of one)."""
+    samples: dict = {key: [] for key in timers}
     for _ in range(rounds):
         for key, timer in timers.items():
             samples[key].append(timer(seconds))
     return {key: statistics.median(v) for key, v in samples.items()}
+
+
+def step_bench_args(doc: str) -> argparse.Namespace:
+    """The command line of the step benches (bench/autocast.py, bench/step_levers.py)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--project", type=Path, required=True)
+    ap.add_argument("--data", choices=sorted(DATA), default="params")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    return ap.parse_args()
 
 
 def training_split(project: Path = ROOT):
