@@ -106,6 +106,24 @@ def test_autocast_runs_the_step_in_bf16_and_keeps_float32_weights(mnist, mode, d
     assert all(torch.isfinite(v).all() for sd in states for v in sd.values() if v.is_floating_point())
 
 
+def test_the_nan_fill_is_off_and_changes_no_bit_of_training(mnist, tmp_path, monkeypatch):
+    """seed_everything keeps deterministic kernels but not their NaN fill of new tensors (a debugging aid
+    that costs step time): a bf16 conditional run with lazy R1 (the default's recipe) makes the same
+    generator and checkpoint bytes with the fill forced back on."""
+    import torch.utils.deterministic as det
+
+    knobs = {"autocast": "bf16", "r1": 1.0, "r1_every": 3, "steps": 12}
+    train(mnist, tmp_path / "off", **knobs)
+    assert torch.are_deterministic_algorithms_enabled() and not det.fill_uninitialized_memory
+    monkeypatch.setattr(accel.torch.utils.deterministic, "fill_uninitialized_memory", True)
+    real_seed = accel.seed_everything
+    monkeypatch.setattr(accel, "seed_everything", lambda *a: (real_seed(*a), setattr(det, "fill_uninitialized_memory", True)))
+    train(mnist, tmp_path / "on", **knobs)
+    assert det.fill_uninitialized_memory
+    for name in ("generator.pt", "checkpoint.pt"):
+        assert (tmp_path / "off" / name).read_bytes() == (tmp_path / "on" / name).read_bytes(), name
+
+
 def test_eager_dispatch_calls_the_step_itself(mnist):
     t = Trainer(parse_params({"train": {**TINY_TRAIN, "cuda_graph": "auto"}}), mnist, "x")
     assert not t.gs.levers.graph  # CPU: auto means eager

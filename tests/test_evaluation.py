@@ -259,3 +259,30 @@ def test_compare_reads_the_protocol_beside_eval_json(project, tmp_path):
     r = ganflow("compare", tmp_path / "a/eval.json", tmp_path / "c/eval.json", cwd=tmp_path)
     # a stale protocol.json is not read: without the fields its hash stands for, the file is refused
     assert r.returncode == 1 and f"{tmp_path / 'c/eval.json'}: no protocol and protocol_detail" in r.stderr
+
+
+@pytest.mark.parametrize("net", ["classifier", "stacked", "encoder"])
+def test_the_scoring_form_folds_batch_norm_and_gives_the_nets_outputs(net):
+    """evaluator.scoring_form: no batch norm left, channels-last convs, the original net untouched, and
+    the same features and logits up to float32 rounding (batch norms with non-trivial statistics)."""
+    from ganflow import simclr
+
+    torch.manual_seed(0)
+    model = {"classifier": lambda: evaluator.Classifier(3, 10), "stacked": lambda: evaluator.StackedClassifier(evaluator.Classifier(1, 10)),
+             "encoder": lambda: simclr.Encoder(3, 16)}[net]()
+    for bn in (mod for mod in model.modules() if isinstance(mod, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.3, 3), bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = evaluator.scoring_form(model)
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in fast.modules())
+    convs = [mod for mod in fast.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = torch.randint(0, 256, (40, 3, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    for a, b in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
+    with pytest.raises(ValueError, match="eval mode"):
+        evaluator.scoring_form(model.train())

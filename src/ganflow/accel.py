@@ -47,9 +47,15 @@ def select_device(name: str) -> torch.device:
 def seed_everything(seed: int, device: torch.device) -> None:
     """Seed torch's global RNG, and on the CPU ask for deterministic kernels (bit-identical reruns;
     on CUDA they would need cuBLAS settings and cost speed). Process-wide: stage entry points call
-    this, the library never does."""
+    this, the library never does.
+
+    Deterministic mode also fills every new tensor with NaN by default, a debugging aid against kernels
+    that read memory they never wrote; that is switched off: the step ran 0-12 % faster without it on the
+    CPU (bench/step_levers.py, docs/performance.md) and no result changes (a kernel reading unwritten
+    memory would break the byte-identical rerun and resume tests)."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(device.type == "cpu")
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 class GraphBackend(Protocol):

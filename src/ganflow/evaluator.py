@@ -3,6 +3,7 @@ ganflow owns (FID/KID/precision/recall there), its logits feed IS and the class 
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ganflow import GanflowError, checkpoint, progress
 from ganflow.data import ImageArray, holdout_size, split, split_with  # noqa: F401 - split, holdout_size: re-exported
@@ -118,11 +120,34 @@ def accuracy(model: Classifier, images, labels: np.ndarray) -> float:
     return float((predict(model, images) == labels).mean())
 
 
+def scoring_form(model: nn.Module) -> nn.Module:
+    """A copy of an eval-mode scoring net (a Classifier, a StackedClassifier or the label-free encoder:
+    convs and batch norms in `body`) as scoring runs it: each batch norm folded into the conv before it,
+    and every layer in channels-last layout (oneDNN's fast path). Twice as fast on a CPU (the stacked
+    benchmark's 78,000 digits: 46 -> 23 s); outputs equal the model's up to float32 rounding (about 4e-7
+    relative). The weights saved stay the model's own."""
+    if isinstance(model, StackedClassifier):
+        return StackedClassifier(scoring_form(model.digit))
+    if model.training:
+        raise ValueError("scoring_form needs a net in eval mode (batch norm folds its running statistics)")
+    fast = copy.deepcopy(model)
+    layers: list[nn.Module] = []
+    for layer in fast.body:
+        if isinstance(layer, nn.BatchNorm2d) and layers and isinstance(layers[-1], nn.Conv2d):
+            layers[-1] = fuse_conv_bn_eval(layers[-1], layer)
+        else:
+            layers.append(layer)
+    fast.body = nn.Sequential(*layers)
+    return fast.to(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def predict(model: Classifier, images, batch_size: int = 500) -> np.ndarray:
-    """Predicted classes of a uint8 N×C×H×W array or a Dataset of uint8 C×H×W tensors, in batches."""
+    """Predicted classes of a uint8 N×C×H×W array or a Dataset of uint8 C×H×W tensors, in batches
+    (by the model's `scoring_form`)."""
     from torch.utils.data import DataLoader
 
+    model = scoring_form(model)
     device = next(model.parameters()).device
     loader = DataLoader(ImageArray(images), batch_size=batch_size)
     return torch.cat([model(x.to(device))[1].argmax(1).cpu() for x in loader]).numpy()
