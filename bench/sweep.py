@@ -100,6 +100,11 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "rp-r1r2-lr4": {"train.loss": "rpgan", "train.r2": 10.0, "train.lr_g": 0.0004, "train.lr_d": 0.0004},
     "rp-r1r2-e4": {"train.loss": "rpgan", "train.r2": 10.0, "train.r1_every": 4},
     "ns-r1r2": {"train.loss": "non-saturating", "train.r2": 10.0},
+    # round 14 (issue 18): today's recipe with a weaker or stronger R1
+    "r1-g3": {"train.r1": 3.0},
+    "r1-g1": {"train.r1": 1.0},
+    "r1-g30": {"train.r1": 30.0},
+    "r1-g100": {"train.r1": 100.0},
 }
 # --data: what every candidate runs on (the overrides put before its own); the project's data/prepared and
 # models/evaluator.pt must have been made with the same prepare/evaluator params (dvc repro fit_evaluator).
