@@ -240,7 +240,7 @@ def test_lecam_r1_lr_decay_ema_rampup_and_top_k_resume_exactly(mnist, tmp_path):
     mnist = mnist.subset(np.arange(64))  # an epoch of 4 steps: the top-k count falls during the run
     a = train(mnist, whole, **knobs)
     b = killed_then_resumed(mnist, split, knobs)
-    assert b.resumed["step"] == 10 and torch.equal(a.gs.loss.lecam.ema, b.gs.loss.lecam.ema) and a.gs.loss.lecam.ema.abs().sum() > 0
+    assert b.resumed_step == 10 and torch.equal(a.gs.loss.lecam.ema, b.gs.loss.lecam.ema) and a.gs.loss.lecam.ema.abs().sum() > 0
     assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()
     # constant for 10 steps, then falling linearly: the last of 20 steps runs at a tenth
     assert a.gs.opt_g.param_groups[0]["lr"] == pytest.approx(a.cfg.lr_g / 10)
@@ -262,7 +262,7 @@ def test_rpgan_with_r1_r2_and_a_cosine_gamma_resumes_exactly(mnist, tmp_path):
     knobs = {"loss": "rpgan", "r1": 1.0, "r2": 1.0, "r1_every": 3, "gamma_schedule": "cosine"}
     a = train(mnist, tmp_path / "whole", **knobs)
     b = killed_then_resumed(mnist, tmp_path / "split", knobs)
-    assert b.resumed["step"] == 10
+    assert b.resumed_step == 10
     assert (tmp_path / "whole" / "generator.pt").read_bytes() == (tmp_path / "split" / "generator.pt").read_bytes()
     r1, r2 = a.gs.loss.lazy_d_terms
     assert (r1.name, r1.on, r2.name, r2.on) == ("r1", "real", "r2", "fake")
@@ -280,7 +280,7 @@ def test_a_bf16_run_killed_then_resumed_gives_the_same_generator(mnist, tmp_path
     knobs = {"autocast": "bf16", "r1": 1.0, "r1_every": 3}
     train(mnist, tmp_path / "whole", **knobs)
     b = killed_then_resumed(mnist, tmp_path / "split", knobs)
-    assert b.resumed["step"] == 10 and b.gs.levers.bf16
+    assert b.resumed_step == 10 and b.gs.levers.bf16
     assert (tmp_path / "whole" / "generator.pt").read_bytes() == (tmp_path / "split" / "generator.pt").read_bytes()
     train(mnist, tmp_path / "fp32", **{**knobs, "autocast": "off"})
     assert (tmp_path / "whole" / "generator.pt").read_bytes() != (tmp_path / "fp32" / "generator.pt").read_bytes()
@@ -304,9 +304,9 @@ def test_lazy_r1_runs_under_torch_compile(mnist):
 @pytest.mark.stage
 def test_more_steps_start_afresh_when_the_learning_rate_decays(mnist, tmp_path):
     train(mnist, tmp_path, steps=10, lr_decay=0.5)
-    assert train(mnist, tmp_path, steps=20, lr_decay=0.5).resumed is None  # its schedule changed
+    assert train(mnist, tmp_path, steps=20, lr_decay=0.5).resumed_step is None  # its schedule changed
     train(mnist, tmp_path / "const", steps=10)
-    assert train(mnist, tmp_path / "const", steps=20).resumed["step"] == 10
+    assert train(mnist, tmp_path / "const", steps=20).resumed_step == 10
 
 
 # -- CUDA only ------------------------------------------------------------------------------------
@@ -354,5 +354,5 @@ def test_killed_then_resumed_graphed_run_gives_the_same_generator(mnist, tmp_pat
     cuda_train(mnist, whole, steps=40)
     cuda_train(mnist, split, steps=20)
     t = cuda_train(mnist, split, steps=40)
-    assert t.resumed["step"] == 20
+    assert t.resumed_step == 20
     assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()

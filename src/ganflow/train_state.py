@@ -72,7 +72,7 @@ class TrainState:
     def __init__(self, gs: GanStep, fp: dict[str, Any]):
         self.gs, self.fingerprint, self.dist = gs, fp, gs.dist
         self.progress = Progress()
-        self.resumed: dict[str, Any] | None = None  # {"step"} of the checkpoint resumed from
+        self.resumed_step: int | None = None  # the step of the checkpoint resumed from (None: started afresh)
 
     def state_dict(self) -> dict[str, Any]:
         """The full training state (on every rank: it gathers each rank's RNG state)."""
@@ -126,7 +126,7 @@ class TrainState:
         else:
             why = self._load_or_why(ckpt)
             if why is None:
-                self.resumed = {"step": ckpt["step"]}
+                self.resumed_step = ckpt["step"]
                 return self._say(f"resuming from {path} at step {ckpt['step']}")
         kept = set_aside(path, ckpt.get("step"), self.dist)
         return self._say(f"checkpoint {path} {why}: starting fresh (kept as {kept}; the {KEEP_SET_ASIDE} latest "

@@ -99,7 +99,7 @@ class Trainer:
     device = property(lambda self: self.gs.device)
     net_cfg = property(lambda self: self.gs.net_cfg)
     state = property(lambda self: self.ckpt.progress)
-    resumed = property(lambda self: self.ckpt.resumed)
+    resumed_step = property(lambda self: self.ckpt.resumed_step)
     fingerprint = property(lambda self: self.ckpt.fingerprint)
 
     def try_resume(self, path) -> str:

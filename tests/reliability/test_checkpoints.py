@@ -19,7 +19,7 @@ def test_resume_equals_uninterrupted(mnist, tmp_path):
     train(mnist, whole)
     train(mnist, split, steps=10)  # "crash" after the step-10 checkpoint ...
     t = train(mnist, split)  # ... and train longer: resumes from step 10
-    assert t.resumed["step"] == 10
+    assert t.resumed_step == 10
     assert (whole / "generator.pt").read_bytes() == (split / "generator.pt").read_bytes()
     assert (whole / "train_log.tsv").read_text() == (split / "train_log.tsv").read_text()
 
@@ -132,7 +132,7 @@ def test_a_checkpoint_whose_ema_generator_holds_nan_is_set_aside(mnist, tmp_path
     train(mnist, tmp_path, steps=10)
     tamper(tmp_path / "checkpoint.pt", lambda c: next(v for v in c["G_ema"].values() if v.is_floating_point()).fill_(float("nan")))
     t = train(mnist, tmp_path)
-    assert t.resumed is None and t.state.step == 20
+    assert t.resumed_step is None and t.state.step == 20
     G, _ = load_generator(tmp_path / "generator.pt")
     assert all(torch.isfinite(v).all() for v in G.state_dict().values() if v.is_floating_point())
     (kept,) = tmp_path.glob("checkpoint.prev-*-step10.pt")
@@ -160,7 +160,7 @@ def test_a_tampered_checkpoint_with_a_matching_fingerprint_is_set_aside(mnist, t
     train(mnist, tmp_path, steps=10)
     tamper(tmp_path / "checkpoint.pt", edit)
     t = train(mnist, tmp_path)  # no traceback: set aside, started afresh
-    assert t.resumed is None and t.state.step == 20
+    assert t.resumed_step is None and t.state.step == 20
     assert len(list(tmp_path.glob("checkpoint.prev-*.pt"))) == 1
     assert (tmp_path / "generator.pt").read_bytes() == (tmp_path / "fresh" / "generator.pt").read_bytes()
     msg = Trainer(parse_params({"train": TINY_TRAIN}), mnist, "sha-test").try_resume(tmp_path / "checkpoint.pt")

@@ -70,7 +70,7 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     """
     hooks = LoopHooks(tracker)
     tracker.replay_spools()  # first: a run that finished while the store was down is closed as FINISHED now
-    found = tracker.find_run(TAG_CHECKPOINT, metrics.file_sha256(paths.checkpoint)) if trainer.resumed and tracker.enabled else None
+    found = tracker.find_run(TAG_CHECKPOINT, metrics.file_sha256(paths.checkpoint)) if trainer.resumed_step is not None and tracker.enabled else None
     wrote = found.info.run_id if found else None
     if wrote and trainer.state.step >= params.train.steps:
         train(hooks)  # the tracker has no run: nothing is logged
@@ -78,7 +78,7 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
             log.info("nothing left to train: the model and MLflow run %s are the ones that trained it "
                      "(train.resume: false retrains from scratch)", wrote)
         return None
-    previous = wrote or (_attempt() if trainer.resumed else None)
+    previous = wrote or (_attempt() if trainer.resumed_step is not None else None)
 
     flat = flatten(params)
     name, tags = provenance(flat, params_file, {TAG_DATA: data_sha256, TAG_EVALUATOR: metrics.file_sha256(evaluator),
@@ -89,14 +89,14 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     tracker.log_params(flat)
     tracker.log_artifact(params_file)
     tracker.log_dataset(images, {"source": f"{source} (training split)", "sha256": data_sha256, "count": len(images)})
-    if trainer.resumed:
+    if trainer.resumed_step is not None:
         if previous:
             _mark_killed(tracker, previous)
-        tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed["step"])})
+        tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed_step)})
         for rows, columns in history:
             tracker.log_history(rows, columns)
         if previous:  # its sample grids up to the resume: the image slider starts at step 0 again
-            tracker.copy_step_images(previous, trainer.resumed["step"])
+            tracker.copy_step_images(previous, trainer.resumed_step)
     try:
         summary = train(hooks)
         tracker.log_metrics(summary)
