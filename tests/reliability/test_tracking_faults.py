@@ -383,7 +383,7 @@ def test_an_attempt_file_marks_only_this_projects_own_runs_killed(mnist, tmp_pat
     (tmp_path / ".ganflow").mkdir()
     (tmp_path / ".ganflow" / "train-run.json").write_text(f'{{"run_id": "{other}"}}')
     (tmp_path / "params.yaml").write_text("")
-    trainer = SimpleNamespace(resumed=None, state=SimpleNamespace(step=0))
+    trainer = SimpleNamespace(resumed_step=None, state=SimpleNamespace(step=0))
     params = Params(tracking=TrackingConfig())
     policy.train_run(t, trainer, lambda hooks: {"loss": 1.0}, [], params, "params.yaml", written(tmp_path),
                      tmp_path / "params.yaml", mnist.images[:2], "sha", "mnist", main=False)
@@ -413,13 +413,13 @@ def test_a_run_that_finished_while_the_store_was_down_is_finished_never_killed(t
         hooks.on_metrics({"loss_D": 1.0}, 20)
         return {"train_img_per_s": 1.0}
 
-    trainer = SimpleNamespace(resumed=None, state=SimpleNamespace(step=0))
+    trainer = SimpleNamespace(resumed_step=None, state=SimpleNamespace(step=0))
     args = (params, "params.yaml", written(tmp_path), tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
     policy.train_run(first, trainer, train_while_the_store_dies, [], *args, main=False)
     client = MlflowClient(tracking.local_uri())
     assert client.get_run(first.run_id).info.status == "RUNNING"  # the store was down at the end
 
-    again = SimpleNamespace(resumed={"step": 20}, state=SimpleNamespace(step=20))  # its checkpoint: found by its sha256
+    again = SimpleNamespace(resumed_step=20, state=SimpleNamespace(step=20))  # its checkpoint: found by its sha256
     second = tracking.Tracker(TrackingConfig())
     assert policy.train_run(second, again, lambda hooks: {}, [], *args, main=True) is None  # nothing left to train
     assert client.get_run(first.run_id).info.status == "FINISHED"
@@ -540,7 +540,7 @@ def test_a_checkpoint_whose_run_is_in_another_store_is_logged_here_once(tmp_path
     args = (params, "params.yaml", written(tmp_path), tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
     made = []
     for attempt in range(3):  # the checkpoint's run is in the store it was trained with: none here is tagged with it
-        trainer = SimpleNamespace(resumed={"step": 20}, state=SimpleNamespace(step=20))
+        trainer = SimpleNamespace(resumed_step=20, state=SimpleNamespace(step=20))
         t = tracking.Tracker(TrackingConfig())
         policy.train_run(t, trainer, lambda hooks: {}, [], *args, main=False)
         if t.run_id:
