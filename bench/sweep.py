@@ -105,6 +105,10 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "r1-g1": {"train.r1": 1.0},
     "r1-g30": {"train.r1": 30.0},
     "r1-g100": {"train.r1": 100.0},
+    # round 15 (issue 18): R1 without spectral norm (as StyleGAN2 and R3GAN), a higher learning rate
+    "r1-nosn": {"train.d_norm": "none"},
+    "lr10": {"train.lr_g": 0.001, "train.lr_d": 0.001},
+    "lr14": {"train.lr_g": 0.0014, "train.lr_d": 0.0014},
 }
 # --data: what every candidate runs on (the overrides put before its own); the project's data/prepared and
 # models/evaluator.pt must have been made with the same prepare/evaluator params (dvc repro fit_evaluator).

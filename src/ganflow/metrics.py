@@ -406,8 +406,9 @@ def _resampled_stats(x: torch.Tensor, draws: list[np.ndarray]) -> tuple[torch.Te
             torch.mul(rows[:, i : i + 1], rows[:, i:], out=out[:, ends[i] - (d - i) : ends[i]])
         packed.addmm_(counts[:, s : s + step], out)
     cov = torch.empty(len(counts), d, d, dtype=torch.float64)
-    cov[:, iu[0], iu[1]] = packed.double()
-    cov[:, iu[1], iu[0]] = cov[:, iu[0], iu[1]]
+    packed = packed.double()
+    cov[:, iu[0], iu[1]] = packed
+    cov[:, iu[1], iu[0]] = packed
     cov = (cov - n * mu[:, :, None] * mu[:, None, :]) / (n - 1)
     return mu + centre, cov
 

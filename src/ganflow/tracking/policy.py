@@ -70,7 +70,8 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     """
     hooks = LoopHooks(tracker)
     tracker.replay_spools()  # first: a run that finished while the store was down is closed as FINISHED now
-    found = tracker.find_run(TAG_CHECKPOINT, metrics.file_sha256(paths.checkpoint)) if trainer.resumed_step is not None and tracker.enabled else None
+    resumed = trainer.resumed_step is not None
+    found = tracker.find_run(TAG_CHECKPOINT, metrics.file_sha256(paths.checkpoint)) if resumed and tracker.enabled else None
     wrote = found.info.run_id if found else None
     if wrote and trainer.state.step >= params.train.steps:
         train(hooks)  # the tracker has no run: nothing is logged
@@ -78,7 +79,7 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
             log.info("nothing left to train: the model and MLflow run %s are the ones that trained it "
                      "(train.resume: false retrains from scratch)", wrote)
         return None
-    previous = wrote or (_attempt() if trainer.resumed_step is not None else None)
+    previous = wrote or (_attempt() if resumed else None)
 
     flat = flatten(params)
     name, tags = provenance(flat, params_file, {TAG_DATA: data_sha256, TAG_EVALUATOR: metrics.file_sha256(evaluator),
@@ -89,7 +90,7 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     tracker.log_params(flat)
     tracker.log_artifact(params_file)
     tracker.log_dataset(images, {"source": f"{source} (training split)", "sha256": data_sha256, "count": len(images)})
-    if trainer.resumed_step is not None:
+    if resumed:
         if previous:
             _mark_killed(tracker, previous)
         tracker.set_tags({TAG_RESUMED_FROM: str(previous), TAG_RESUMED_STEP: str(trainer.resumed_step)})
