@@ -162,7 +162,7 @@ class TrainConfig(_Section):
     loss: str = Field("hinge", description="non-saturating | hinge | wgan-gp | rpgan (relativistic pairing, R3GAN)")
     steps: PosInt = Field(10000, description="optimisation steps of D and G")
     batch_size: BatchSize = Field(64, description="real images per step of D and G, per process")
-    lr_g: PosFloat = Field(0.0014, description="Adam learning rate of G")
+    lr_g: PosFloat = Field(0.001, description="Adam learning rate of G")
     lr_d: PosFloat = Field(0.001, description="Adam learning rate of D")
     betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = Field(
         [0.0, 0.9], description="Adam betas of both optimisers"
