@@ -109,6 +109,12 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "r1-nosn": {"train.d_norm": "none"},
     "lr10": {"train.lr_g": 0.001, "train.lr_d": 0.001},
     "lr14": {"train.lr_g": 0.0014, "train.lr_d": 0.0014},
+    # from here on params.yaml's lr is 1e-3: levers that may pay at the higher rate
+    "decay3": {"train.lr_decay": 0.3},
+    "d14": {"train.lr_d": 0.0014},
+    "beta2-99": {"train.betas": [0.0, 0.99]},
+    "g14": {"train.lr_g": 0.0014},
+    "lr12": {"train.lr_g": 0.0012, "train.lr_d": 0.0012},
 }
 # --data: what every candidate runs on (the overrides put before its own); the project's data/prepared and
 # models/evaluator.pt must have been made with the same prepare/evaluator params (dvc repro fit_evaluator).
