@@ -29,7 +29,7 @@ repro: setup
 
 # The whole pipeline at try-it-out size (a 1-epoch evaluator, 300 steps, 500 samples), as a DVC experiment
 # in a temp copy (`dvc exp run --temp`): the workspace, params.yaml and the model registry stay as they are;
-# `dvc exp show` lists it. Add your own changes: make quick S="train.lr_g=0.001 train.loss=non-saturating"
+# `dvc exp show` lists it. Add your own changes: make quick S="train.lr_g=0.0008 train.loss=non-saturating"
 # One CPU thread (QUICK_THREADS): on a shared, loaded 2-core machine torch's two threads wait for each other,
 # and train ran 5-8x faster on one (1,040 against 127-207 img/s, docs/team.md); a GPU run is unaffected.
 QUICK_THREADS ?= 1

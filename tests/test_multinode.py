@@ -162,7 +162,7 @@ def test_an_unreachable_rendezvous_endpoint_is_one_line(ws):
 def test_nodes_with_other_params_are_refused(ws):
     port = closed_port()
     a = params_file(ws, "params-a", nodes=2, port=port)
-    b = params_file(ws, "params-b", nodes=2, port=port, train={"lr_g": 0.001})
+    b = params_file(ws, "params-b", nodes=2, port=port, train={"lr_g": 0.0005})
     results = finish(start(ws, a, ws / "mismatch"), start(ws, b, ws / "mismatch"))
     assert [rc for rc, _ in results] == [1, 1]
     # every process refuses in one line (a node that loses node 0 meanwhile may say that instead)

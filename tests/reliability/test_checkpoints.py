@@ -27,7 +27,7 @@ def test_resume_equals_uninterrupted(mnist, tmp_path):
 @pytest.mark.stage
 def test_changed_settings_start_fresh_and_say_which(mnist, tmp_path):
     train(mnist, tmp_path)
-    params = parse_params({"train": {**TINY_TRAIN, "lr_d": 0.001}})
+    params = parse_params({"train": {**TINY_TRAIN, "lr_d": 0.0005}})
     t = Trainer(params, mnist, "sha-test")
     msg = t.try_resume(tmp_path / "checkpoint.pt")
     assert "train.lr_d changed" in msg and "starting fresh" in msg and t.state.step == 0

@@ -244,7 +244,11 @@ def _experiment(mlflow, client, uri: str, name: str):
                            f"(mlflow experiments restore -x {found.experiment_id}) or set another tracking.experiment")
     exp = mlflow.set_experiment(name)
     if exp.tags.get(TAG_EXPERIMENT_KIND) != "custom_model_development":  # the UI's model-training layout
-        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, "custom_model_development")
+        try:
+            client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, "custom_model_development")
+        except Exception:  # a parallel experiment set it first (the sqlite store's second insert of the key fails)
+            if client.get_experiment(exp.experiment_id).tags.get(TAG_EXPERIMENT_KIND) != "custom_model_development":
+                raise
     return exp
 
 
