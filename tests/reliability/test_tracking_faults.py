@@ -257,6 +257,39 @@ def test_a_moved_project_keeps_its_artifacts_in_the_project(tmp_path, monkeypatc
     assert [p.read_text() for p in (new / "mlruns").rglob("note.txt")] == ["artifact"]
 
 
+def test_a_parallel_experiment_that_tags_the_experiment_first_is_no_error(tmp_path, monkeypatch):
+    """Experiments queued in parallel on a new store all find the experiment untagged; the slower insert of the
+    same tag fails on sqlite's UNIQUE constraint (the full suite hit it once). That is no error; any other
+    failure to tag still is, in one line."""
+    import sqlalchemy.exc
+
+    from ganflow.tracking.names import TAG_EXPERIMENT_KIND
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    real = MlflowClient.set_experiment_tag
+
+    def raced(self, *args):
+        real(self, *args)  # the other experiment's insert lands first ...
+        raise sqlalchemy.exc.IntegrityError("INSERT INTO experiment_tags", {}, Exception(
+            "UNIQUE constraint failed: experiment_tags.key, experiment_tags.experiment_id"))  # ... and this one fails
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", raced)
+    t = tracking.Tracker(TrackingConfig(experiment="raced"))
+    t.start()
+    t.end()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_experiment_by_name("raced").tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
+    assert [r.info.status for r in client.search_runs([client.get_experiment_by_name("raced").experiment_id])] == ["FINISHED"]
+
+    def failed(self, *args):
+        raise sqlalchemy.exc.OperationalError("INSERT INTO experiment_tags", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", failed)
+    with pytest.raises(GanflowError, match="not a usable MLflow store .*disk I/O error"):
+        tracking.Tracker(TrackingConfig(experiment="untagged")).start()
+
+
 @pytest.mark.parametrize("name", ["q?x=1", "%41", "with space#1"])
 def test_odd_project_paths_keep_the_store_in_the_project(tmp_path, monkeypatch, name):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
