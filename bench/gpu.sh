@@ -26,3 +26,6 @@ python bench/graph_quality.py --prepared "$out/pipeline/data/prepared" --evaluat
 
 # 4. the CUDA-only tests: every arch × loss × option captures, graph vs eager over 200 steps, kill/resume under graphs
 python -m pytest -q -p no:cacheprovider tests/test_accel.py "tests/test_multinode.py::test_more_processes_than_cuda_devices_on_a_node_is_one_line" 2>&1 | tail -15 | tee "$out/tests.txt"
+
+# 5. the default step at 32, 64 and 128 px RGB (what a day at each size costs; ~30 s)
+python bench/resolution.py | tee "$out/resolution.txt"

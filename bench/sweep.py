@@ -115,6 +115,9 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "beta2-99": {"train.betas": [0.0, 0.99]},
     "g14": {"train.lr_g": 0.0014},
     "lr12": {"train.lr_g": 0.0012, "train.lr_d": 0.0012},
+    # round 16 (issue 18): a wider latent; batch 32 at the higher rate (lr × 1/√2; run 1.78× the steps: equal time)
+    "z128": {"train.z_dim": 128},
+    "b32-lr7": {"train.batch_size": 32, "train.lr_g": 0.0007, "train.lr_d": 0.0007},
 }
 # --data: what every candidate runs on (the overrides put before its own); the project's data/prepared and
 # models/evaluator.pt must have been made with the same prepare/evaluator params (dvc repro fit_evaluator).

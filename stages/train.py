@@ -47,9 +47,9 @@ def main(argv: list[str]) -> None:
     ))
     # the MLflow run: a new one per attempt, or none when nothing is left to train (see policy.train_run)
     history = [(trainer.state.log_rows, LOG_COLUMNS), (trainer.state.score_rows, ("step", f"{selection.name}_during_training"))]
+    inputs = policy.TrainInputs(params, a.params, a.evaluator, train_set.images, train_sha, meta["source"])
     summary = policy.train_run(tracker, trainer, lambda hooks: trainer.run(outputs, hooks, selection=selection), history,
-                               params, a.params, outputs.paths, a.evaluator, train_set.images, train_sha, meta["source"],
-                               main=dist.main)
+                               inputs, outputs.paths, main=dist.main)
     distributed.shutdown(dist)
     if summary and dist.main:
         print(f"trained {params.train.arch}/{params.train.loss} to step {trainer.state.step}: {summary['train_img_per_s']:.0f} img/s")

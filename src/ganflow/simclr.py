@@ -5,7 +5,7 @@ of Visual Representations", ICML): two random views of every image in a batch (r
 horizontal flip, colour jitter: brightness and contrast, plus saturation on RGB), a projection MLP
 on top of the encoder, and the NT-Xent loss (temperature-scaled cross-entropy that picks each view's
 partner among the 2B − 1 others). As in the paper, the features used downstream are the encoder's
-output before the projection head. Scaled down for 28–64 px and a CPU budget: a 4-block convnet (stride-2 stem),
+output before the projection head. Scaled down for 28–128 px and a CPU budget: a 4-block convnet (stride-2 stem),
 Adam with a one-cycle schedule instead of LARS, and no blur augmentation (so that the space stays
 sensitive to blur, one of the degradations it is validated on).
 

@@ -75,7 +75,7 @@ def args_for(stage, ws, tmp_path):
 @pytest.mark.parametrize(
     "stage, section, values, message",
     [
-        ("prepare", "prepare", {"resolution": 48}, "prepare.resolution must be 28, 32 or 64 (got 48)"),
+        ("prepare", "prepare", {"resolution": 48}, "prepare.resolution must be 28, 32, 64 or 128 (got 48)"),
         ("fit_evaluator", "evaluator", {"holdout": 1.5}, "evaluator.holdout must be less than 1 (got 1.5)"),
         ("train", "train", {"lr_g": "fast"}, "train.lr_g must be a valid number (got 'fast')"),
         ("sample", "sample", {"nn": 3}, "unknown key sample.nn (did you mean sample.n?)"),

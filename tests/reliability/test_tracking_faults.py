@@ -418,8 +418,8 @@ def test_an_attempt_file_marks_only_this_projects_own_runs_killed(mnist, tmp_pat
     (tmp_path / "params.yaml").write_text("")
     trainer = SimpleNamespace(resumed_step=None, state=SimpleNamespace(step=0))
     params = Params(tracking=TrackingConfig())
-    policy.train_run(t, trainer, lambda hooks: {"loss": 1.0}, [], params, "params.yaml", written(tmp_path),
-                     tmp_path / "params.yaml", mnist.images[:2], "sha", "mnist", main=False)
+    inputs = policy.TrainInputs(params, "params.yaml", tmp_path / "params.yaml", mnist.images[:2], "sha", "mnist")
+    policy.train_run(t, trainer, lambda hooks: {"loss": 1.0}, [], inputs, written(tmp_path), main=False)
     assert client.get_run(other).info.status == ("KILLED" if whose == "own" else "RUNNING")
     assert client.get_run(t.run_id).info.status == "FINISHED"
 
@@ -447,7 +447,8 @@ def test_a_run_that_finished_while_the_store_was_down_is_finished_never_killed(t
         return {"train_img_per_s": 1.0}
 
     trainer = SimpleNamespace(resumed_step=None, state=SimpleNamespace(step=0))
-    args = (params, "params.yaml", written(tmp_path), tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
+    args = (policy.TrainInputs(params, "params.yaml", tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist"),
+            written(tmp_path))
     policy.train_run(first, trainer, train_while_the_store_dies, [], *args, main=False)
     client = MlflowClient(tracking.local_uri())
     assert client.get_run(first.run_id).info.status == "RUNNING"  # the store was down at the end
@@ -570,7 +571,8 @@ def test_a_checkpoint_whose_run_is_in_another_store_is_logged_here_once(tmp_path
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("")
     params = Params(train=TrainConfig(steps=20), tracking=TrackingConfig())
-    args = (params, "params.yaml", written(tmp_path), tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist")
+    args = (policy.TrainInputs(params, "params.yaml", tmp_path / "params.yaml", np.zeros((2, 1, 28, 28), "uint8"), "sha", "mnist"),
+            written(tmp_path))
     made = []
     for attempt in range(3):  # the checkpoint's run is in the store it was trained with: none here is tagged with it
         trainer = SimpleNamespace(resumed_step=20, state=SimpleNamespace(step=20))

@@ -1,5 +1,5 @@
 """`dcgan`: transposed-conv generator with batch norm, strided-conv discriminator (Radford et al.),
-resolution-generic: 7×7 -> 28, 4×4 -> 32 or 64. Class-conditional when n_classes > 0
+resolution-generic: 7×7 -> 28, 4×4 -> 32, 64 or 128. Class-conditional when n_classes > 0
 (conditional batch norm in G, projection head in D)."""
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -48,9 +49,21 @@ class LoopHooks:
         self.tracker.set_tags({TAG_NOTE: f"{self.note}\n\n**Estimate at the start:** {text}".strip()})
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """What the train stage's run records of its inputs: the params (and their file), the evaluator, and
+    the training images with their sha256 and source."""
+
+    params: Params
+    params_file: str | Path
+    evaluator: str | Path
+    images: np.ndarray
+    data_sha256: str
+    source: str
+
+
 def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[str, float]],
-              history: list[tuple[list[list[float]], tuple[str, ...]]], params: Params, params_file: str | Path,
-              paths: TrainPaths, evaluator: str | Path, images: np.ndarray, data_sha256: str, source: str,
+              history: list[tuple[list[list[float]], tuple[str, ...]]], inputs: TrainInputs, paths: TrainPaths,
               main: bool = True) -> dict[str, float] | None:
     """The train stage's run around `train(hooks)` (the training loop; returns its summary); `paths`:
     the stage's outputs. No run id goes into a DVC-tracked file (a fresh clone
@@ -68,7 +81,7 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
       two digests. .ganflow/train-run.json names the open run, so a run killed before its first
       checkpoint is marked KILLED by the next attempt. A failure closes the run as FAILED.
     """
-    hooks = LoopHooks(tracker)
+    hooks, params = LoopHooks(tracker), inputs.params
     tracker.replay_spools()  # first: a run that finished while the store was down is closed as FINISHED now
     resumed = trainer.resumed_step is not None
     found = tracker.find_run(TAG_CHECKPOINT, metrics.file_sha256(paths.checkpoint)) if resumed and tracker.enabled else None
@@ -82,14 +95,15 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
     previous = wrote or (_attempt() if resumed else None)
 
     flat = flatten(params)
-    name, tags = provenance(flat, params_file, {TAG_DATA: data_sha256, TAG_EVALUATOR: metrics.file_sha256(evaluator),
-                                                TAG_PROJECT: str(project_root())})
+    name, tags = provenance(flat, inputs.params_file, {TAG_DATA: inputs.data_sha256, TAG_PROJECT: str(project_root()),
+                                                       TAG_EVALUATOR: metrics.file_sha256(inputs.evaluator)})
     tracker.start(name=name, tags=tags)
     hooks.note = tags.get(TAG_NOTE, "")
     attempt = _claim_attempt(tracker)
     tracker.log_params(flat)
-    tracker.log_artifact(params_file)
-    tracker.log_dataset(images, {"source": f"{source} (training split)", "sha256": data_sha256, "count": len(images)})
+    tracker.log_artifact(inputs.params_file)
+    tracker.log_dataset(inputs.images, {"source": f"{inputs.source} (training split)", "sha256": inputs.data_sha256,
+                                        "count": len(inputs.images)})
     if resumed:
         if previous:
             _mark_killed(tracker, previous)
@@ -105,7 +119,7 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
             net = trainer.net_cfg
             log_model(tracker, *trainer.export_generator(),
                       metadata={"z_dim": net.z_dim, "n_classes": net.n_classes, "arch": trainer.cfg.arch})
-            annotate(tracker, {"run_name": name, "data_sha256": data_sha256, **dvc_tags(),
+            annotate(tracker, {"run_name": name, "data_sha256": inputs.data_sha256, **dvc_tags(),
                                TAG_BASELINE_COMMIT: tags[TAG_BASELINE_COMMIT]}, contract(trainer.cfg.arch, net))
         if tracker.enabled:  # what the run wrote, by which the next stages find it
             tracker.set_tags({TAG_GENERATOR: metrics.file_sha256(paths.generator),

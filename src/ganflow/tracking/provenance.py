@@ -69,26 +69,19 @@ def provenance(flat: dict[str, Any], params_file: str | Path, extra: dict[str, s
 
 
 def dvc_md5(path: str | Path) -> str | None:
-    """The md5 DVC records for a dep in dvc.lock: a file's content md5; a folder's `<md5>.dir`, the md5
-    of its sorted (relpath, md5) manifest as DVC serialises it. None when the path is missing."""
-    import hashlib
-    import json
+    """The md5 DVC records for a dep in dvc.lock (a file's content md5; a folder's `<md5>.dir`, the md5 of
+    its manifest), computed by DVC's own hashing (dvc-data's `build`, as `dvc commit` runs it; a dry run
+    stores nothing). None when the path is missing."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
 
-    def file_md5(p: Path) -> str:
-        h = hashlib.md5()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
-    path = Path(path)
-    if path.is_file():
-        return file_md5(path)
-    if not path.is_dir():
+    fs = LocalFileSystem()
+    if not fs.exists(str(path)):
         return None
-    entries = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
-    manifest = [{"md5": file_md5(p), "relpath": rel} for rel, p in entries]
-    return hashlib.md5(json.dumps(manifest, sort_keys=True).encode()).hexdigest() + ".dir"
+    path = fs.abspath(str(path))
+    _, _, obj = build(HashFileDB(fs, path), path, fs, "md5", dry_run=True)  # the object store: unused in a dry run
+    return obj.hash_info.value
 
 
 STAGE_INPUTS_NOTE = ("The md5 of each dep of this stage, as the stage saw them while it ran (DVC's own hashing: a file's "
