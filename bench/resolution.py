@@ -11,37 +11,12 @@ that size costs here.
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Callable
 
 import numpy as np
-from sweep import interleaved, params_with  # first: it puts this checkout's src/ on sys.path
+from sweep import interleaved, params_with, step_timer  # first: it puts this checkout's src/ on sys.path
 
-from ganflow import accel  # noqa: E402
 from ganflow.config import parse_params  # noqa: E402
 from ganflow.data import ImageSet  # noqa: E402
-from ganflow.training import Trainer  # noqa: E402
-
-
-def timer(resolution: int) -> tuple[Callable[[float], float], int]:
-    """A trainer of params.yaml's recipe at `resolution` (RGB, unconditional), warmed up, and a function
-    timing its steps for `seconds`; and its batch size."""
-    params = parse_params(params_with({"prepare.resolution": resolution, "prepare.channels": 3, "train.conditional": False}))
-    accel.seed_everything(params.seed, accel.select_device(params.train.device))
-    images = np.random.default_rng(0).integers(0, 256, (2000, 3, resolution, resolution), dtype=np.uint8)
-    gs = Trainer(params, ImageSet(images, None, []), "bench").gs
-    stepper, done = gs.stepper(), [0]
-
-    def steps_per_second(seconds: float) -> float:
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            gs.advance(done[0], stepper)
-            done[0] += 1
-            n += 1
-        return n / (time.perf_counter() - t0)
-
-    steps_per_second(1.0)  # warm-up (and the CUDA-graph capture where there is one)
-    return steps_per_second, params.train.batch_size
 
 
 def main() -> None:
@@ -50,11 +25,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=4.0)
     a = ap.parse_args()
-    timers = {r: timer(r) for r in a.resolutions}
-    rates = interleaved({r: t for r, (t, _) in timers.items()}, a.rounds, a.seconds)
-    steps = parse_params(params_with({})).train.steps
+    rng = np.random.default_rng(0)
+    timers = {r: step_timer({"prepare.resolution": r, "prepare.channels": 3, "train.conditional": False},
+                            ImageSet(rng.integers(0, 256, (2000, 3, r, r), dtype=np.uint8), None, []))
+              for r in a.resolutions}
+    rates = interleaved(timers, a.rounds, a.seconds)
+    train = parse_params(params_with({})).train
     for r, rate in rates.items():
-        print(f"{r} px RGB: {rate:.1f} steps/s, {rate * timers[r][1]:.0f} img/s; train.steps {steps} take {steps / rate / 60:.0f} min")
+        print(f"{r} px RGB: {rate:.1f} steps/s, {rate * train.batch_size:.0f} img/s; "
+              f"train.steps {train.steps} take {train.steps / rate / 60:.0f} min")
 
 
 if __name__ == "__main__":
