@@ -118,6 +118,12 @@ CANDIDATES: dict[str, dict[str, object]] = {
     # round 16 (issue 18): a wider latent; batch 32 at the higher rate (lr × 1/√2; run 1.78× the steps: equal time)
     "z128": {"train.z_dim": 128},
     "b32-lr7": {"train.batch_size": 32, "train.lr_g": 0.0007, "train.lr_d": 0.0007},
+    # round 16: self-conditioning on k-means clusters of the pixels (train.clusters; auto: 50 from this round on)
+    "clusters-0": {"train.clusters": 0},
+    "clusters-20": {"train.clusters": 20},
+    "clusters-100": {"train.clusters": 100},
+    "clusters-200": {"train.clusters": 200},
+    "clusters-256": {"train.clusters": 256},  # one per 90 of StackedMNIST's 23,040 training images (auto from this round on)
 }
 # --data: what every candidate runs on (the overrides put before its own); the project's data/prepared and
 # models/evaluator.pt must have been made with the same prepare/evaluator params (dvc repro fit_evaluator).

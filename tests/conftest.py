@@ -165,6 +165,28 @@ def train(mnist, out, resume=True, **overrides):
     return t
 
 
+class Killed(Exception):
+    pass
+
+
+def killed_then_resumed(mnist, out, knobs: dict):
+    """A run of TINY_TRAIN + knobs into `out`, killed right after its step-10 checkpoint (reports run after
+    that step's checkpoint), then run again: the resumed Trainer."""
+    from ganflow import accel
+    from ganflow.config import parse_params
+    from ganflow.training import Hooks, Trainer
+
+    def kill_at_10(metrics, step):
+        if step == 10:
+            raise Killed
+
+    params = parse_params({"train": {**TINY_TRAIN, **knobs}})
+    accel.seed_everything(params.seed, accel.select_device(params.train.device))
+    with pytest.raises(Killed):
+        Trainer(params, mnist, "sha-test").run(paths(out), Hooks(on_metrics=kill_at_10))
+    return train(mnist, out, **knobs)
+
+
 class Payload:
     """An object whose pickle runs `fn(*args)` when it is loaded: what weights_only loading must refuse."""
 

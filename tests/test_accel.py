@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, paths, train
+from conftest import TINY_TRAIN, killed_then_resumed, paths, train
 from ganflow import GanflowError, accel, losses
 from ganflow.config import ConfigError, parse_params
 from ganflow.generator import serving_model
-from ganflow.training import Hooks, Trainer
+from ganflow.training import Trainer
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -195,11 +195,13 @@ def test_max_seconds_stops_early_and_still_writes_every_output(mnist, tmp_path):
     assert (tmp_path / "train_log.tsv").read_text().splitlines()[1].startswith("1\t")
 
 
-@pytest.mark.parametrize("conditional", [False, True])
-def test_exported_generator_matches_the_evaluated_one(mnist, conditional):
-    t = Trainer(parse_params({"train": {**TINY_TRAIN, "conditional": conditional}}), mnist, "x")
+@pytest.mark.parametrize("conditional, clusters", [(False, 0), (True, "auto"), (False, 3)])  # the last: self-conditioned
+def test_exported_generator_matches_the_evaluated_one(mnist, conditional, clusters):
+    t = Trainer(parse_params({"train": {**TINY_TRAIN, "conditional": conditional, "clusters": clusters}}), mnist, "x")
     t.gs.step()
     model, example = t.export_generator()
+    assert bool(t.gs.net_cfg.n_classes) == (conditional or clusters == 3)
+    conditional = bool(t.gs.net_cfg.n_classes)
     assert example.shape == (2, TINY_TRAIN["z_dim"] + conditional)
     x = torch.from_numpy(example)
     with torch.no_grad():
@@ -210,24 +212,6 @@ def test_exported_generator_matches_the_evaluated_one(mnist, conditional):
     assert not model.training and all(p.device.type == "cpu" for p in model.parameters())
     again, _ = serving_model(t.generator_dict())
     assert torch.equal(again(x), out)
-
-
-class Killed(Exception):
-    pass
-
-
-def killed_then_resumed(mnist, out, knobs: dict) -> Trainer:
-    """A run of TINY_TRAIN + knobs into `out`, killed right after its step-10 checkpoint (reports run after
-    that step's checkpoint), then run again: the resumed Trainer."""
-    def kill_at_10(metrics, step):
-        if step == 10:
-            raise Killed
-
-    params = parse_params({"train": {**TINY_TRAIN, **knobs}})
-    accel.seed_everything(params.seed, torch.device("cpu"))
-    with pytest.raises(Killed):
-        Trainer(params, mnist, "sha-test").run(paths(out), Hooks(on_metrics=kill_at_10))
-    return train(mnist, out, **knobs)
 
 
 @pytest.mark.stage

@@ -150,13 +150,18 @@ def test_conditional_needs_labels(mnist):
         Trainer(parse_params({"train": {**TINY_TRAIN, "arch": "seed", "conditional": True}}), mnist, "x")
 
 
-@pytest.mark.parametrize("arch, labelled, classes", [("dcgan", True, 10), ("sngan", True, 10), ("dcgan", False, 0), ("seed", True, 0)])
-def test_conditional_auto_follows_the_labels_and_the_arch(mnist, arch, labelled, classes):
+@pytest.mark.parametrize("arch, labelled, clusters, classes", [
+    ("dcgan", True, "auto", 10), ("sngan", True, "auto", 10), ("dcgan", True, 7, 10),  # labels win over clusters
+    ("dcgan", False, "auto", 11),  # self-conditioned: 1,000 images make 11 clusters (one per 90 images)
+    ("dcgan", False, 0, 0), ("seed", True, "auto", 0), ("seed", False, "auto", 0),
+])
+def test_conditional_auto_follows_the_labels_and_the_arch(mnist, arch, labelled, clusters, classes):
     from ganflow.data import ImageSet
 
     data = mnist if labelled else ImageSet(mnist.images, None, [])
-    t = Trainer(parse_params({"train": {**TINY_TRAIN, "arch": arch, "conditional": "auto"}}), data, "x")
+    t = Trainer(parse_params({"train": {**TINY_TRAIN, "arch": arch, "conditional": "auto", "clusters": clusters}}), data, "x")
     assert t.net_cfg.n_classes == classes and t.gs.G.cfg.n_classes == classes
+    assert (t.gs.class_shares is not None) == (not labelled and classes > 0)
 
 
 @pytest.mark.stage

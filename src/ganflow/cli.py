@@ -155,6 +155,7 @@ def sample_grid(a) -> None:
     """Samples of a generator as one PNG grid; image i depends on (seed, i) only, as in the sample stage."""
     import torch
 
+    from ganflow import clusters
     from ganflow.io import save_grid
     from ganflow.pixels import to_uint8
     from ganflow.sampling import grid_columns, latents
@@ -173,8 +174,10 @@ def sample_grid(a) -> None:
         if not z_dim:
             raise GanflowError(f"--model {a.model}: no z_dim in its metadata (not logged by ganflow?)")
         z = latents(a.seed, 0, a.n, z_dim)
-        if n_classes:  # image i draws class i % n_classes
-            z = torch.cat([z, (torch.arange(a.n) % n_classes).float()[:, None]], 1)
+        if n_classes:  # image i draws class i % n_classes, or a self-conditioned G's cluster in their shares
+            shares = meta.get("class_shares")
+            y = clusters.draw([float(s) for s in shares], a.seed, 0, a.n) if shares else torch.arange(a.n) % n_classes
+            z = torch.cat([z, y.float()[:, None]], 1)
         try:
             with torch.no_grad():
                 images = to_uint8(model(z))

@@ -34,6 +34,7 @@ class ConfigError(GanflowError):
 
 MAX_G_PARAMETERS = 1 << 28  # 1 GiB of float32 weights: the largest generator `sample` loads
 EMA_MAX_IMAGES = 1000  # train.ema (a half-life in images) is at most this many times the images trained
+MAX_CLUSTERS = 1000  # train.clusters: the most k-means clusters, given or auto (one per 90 training images)
 MIN_EVAL_SAMPLES = 64  # train.eval_samples: FIDs of fewer samples (1 crashed, 2 ranked noise) cannot pick the best G
 UP_PLANS = {28: (7, 2), 32: (4, 3), 64: (4, 4), 128: (4, 5)}  # resolution -> (base side, ×2 upsamplings): nets.up_plan's
 
@@ -177,6 +178,9 @@ class TrainConfig(_Section):
     )
     conditional: Literal["auto"] | bool = Field(
         "auto", description="class-conditional G (conditional BN) and D (projection): auto (when the data has labels and the arch takes classes) | true | false"
+    )
+    clusters: Literal["auto"] | Annotated[int, Field(ge=0, le=MAX_CLUSTERS)] = Field(
+        "auto", description="self-conditioning when training without labels: G and D conditioned on k-means clusters of the training images, sampled in the clusters' shares (Liu et al. 2020); auto: one per 90 training images, at most 1,000 | K | 0 (off)"
     )
     lr_decay: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="fraction of the last steps over which both learning rates fall linearly to 0 (0: constant)"
@@ -347,7 +351,9 @@ class Params(_Section):
     @model_validator(mode="after")
     def _generator_fits(self):
         t, p = self.train, self.prepare
-        n = g_parameters(t.arch, p.resolution, p.channels, t.z_dim, t.width, 0 if t.conditional is False else 10)
+        # classes the nets may take: the data's labels or auto's clusters (both unknown here: counted as 10), or train.clusters
+        classes = 10 if t.conditional is not False or t.clusters == "auto" else t.clusters
+        n = g_parameters(t.arch, p.resolution, p.channels, t.z_dim, t.width, classes)
         if n is not None and n > MAX_G_PARAMETERS:
             raise ValueError(f"train.width {t.width} (with train.z_dim {t.z_dim}, {t.arch} at {p.resolution} px) gives a generator "
                              f"of {n:,} parameters, over the {MAX_G_PARAMETERS:,} that sample loads: lower train.width or train.z_dim")

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 from torch.nn.utils import parametrize
 
-from ganflow import GanflowError, augment, losses
+import numpy as np
+
+from ganflow import GanflowError, augment, clusters, losses
 from ganflow.accel import DeviceScalars, Levers, uncompiled
 from ganflow.data import ImageSet
 from ganflow.nets import NetConfig, build, takes_classes
@@ -61,18 +63,45 @@ def n_classes(cfg: TrainConfig, data: ImageSet) -> int:
     return len(data.classes) if on else 0
 
 
+def cluster_count(cfg: TrainConfig, data: ImageSet) -> int:
+    """The self-conditioning clusters (train.clusters resolved; 0: none): only where the nets train without
+    labels. auto: one per clusters.IMAGES_PER_CLUSTER images, none for an arch without classes."""
+    from ganflow.config import MAX_CLUSTERS
+
+    if n_classes(cfg, data) or cfg.clusters == 0:
+        return 0
+    if not takes_classes(cfg.arch):
+        if cfg.clusters == "auto":
+            return 0
+        raise GanflowError(f"train.clusters is {cfg.clusters}, but arch {cfg.arch} takes no classes: use auto or 0")
+    return clusters.auto_count(len(data.images), MAX_CLUSTERS) if cfg.clusters == "auto" else cfg.clusters
+
+
+def self_conditioning(cfg: TrainConfig, data: ImageSet, seed: int) -> tuple[np.ndarray, int] | None:
+    """(each training image's cluster, the cluster count) when the nets self-condition, else None."""
+    k = cluster_count(cfg, data)
+    return (clusters.kmeans(data.images, k, seed), k) if k else None
+
+
 class GanStep:
-    def __init__(self, cfg: TrainConfig, data: ImageSet, levers: Levers):
+    def __init__(self, cfg: TrainConfig, data: ImageSet, levers: Levers, clustered: tuple[np.ndarray, int] | None = None):
         """Nets and optimisers from train.* (net weights are drawn from torch's global RNG, which the
-        stage seeds), on levers.device; the whole data set is held there as uint8."""
+        stage seeds), on levers.device; the whole data set is held there as uint8. `clustered`: each
+        image's cluster and their count (`self_conditioning`), which stand in for labels."""
         self.cfg, self.levers, self.dist, self.device = cfg, levers, levers.dist, levers.device
         _, c, h, _ = data.images.shape
         if cfg.batch_size > len(data.images):
             raise GanflowError(f"train.batch_size {cfg.batch_size} is larger than the prepared data ({len(data.images)} images)")
         classes = n_classes(cfg, data)
+        labels = data.labels if classes else None
+        self.class_shares: list[float] | None = None  # self-conditioning: how often G draws each cluster
+        if clustered is not None:
+            labels, classes = clustered
+            self.class_shares = clusters.shares(labels, classes)
         self.net_cfg = NetConfig(resolution=h, channels=c, z_dim=cfg.z_dim, width=cfg.width, d_norm=cfg.d_norm,
                                  n_classes=classes, d_width=cfg.d_width or 0)
         self.G, self.D = build(cfg.arch, self.net_cfg)
+        self.G.class_shares = self.class_shares  # what sampling draws a self-conditioned G's clusters from
         levers.place(self.G, self.D)
         self.opt_g = levers.adam(self.G.parameters(), cfg.lr_g, tuple(cfg.betas))
         self.opt_d = levers.adam(self.D.parameters(), cfg.lr_d, tuple(cfg.betas))
@@ -90,7 +119,7 @@ class GanStep:
         # top-k training: how many fakes of a batch drive G's loss, set per step (None: all)
         self.keep = self.scalars.new() if cfg.topk < 1 else None
         self.images = torch.from_numpy(data.images).to(self.device)  # batches are index draws on the device
-        self.labels = torch.from_numpy(data.labels).to(self.device) if classes else None
+        self.labels = torch.from_numpy(labels).to(self.device) if classes else None
         # real images per step over all ranks (what EMA half-lives and epochs count), and the images D
         # sees per step (n_critic batches: what throughput counts)
         self.images_per_step = cfg.batch_size * self.dist.world_size
@@ -214,6 +243,7 @@ class GanStep:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "loss": self.loss.state_dict(),
+            **({"clusters": self.labels.cpu()} if self.class_shares is not None else {}),  # self-conditioning's
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -224,6 +254,12 @@ class GanStep:
         self.levers.load_optimizer(self.opt_g, state["opt_g"])
         self.levers.load_optimizer(self.opt_d, state["opt_d"])
         self.loss.load_state_dict(state["loss"])
+        if self.class_shares is not None:  # the clusters this run began with (k-means is not rerun bit for bit everywhere)
+            self.labels.copy_(state["clusters"])
+            self.class_shares = clusters.shares(state["clusters"].numpy(), self.net_cfg.n_classes)
+            for G in (self.G, self.G_ema):
+                if G is not None:
+                    G.class_shares = self.class_shares
 
     def check_finite_weights(self, step: int) -> None:
         """Stop with DivergenceError when G, D or the EMA generator holds NaN/Inf."""

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ganflow import GanflowError, progress
+from ganflow import GanflowError, clusters, progress
 from ganflow.io import atomic_dir, atomic_path, png_bytes, to_pil
 from ganflow.io import grid as make_grid
 from ganflow.pixels import to_uint8
@@ -33,13 +33,17 @@ def latents(seed: int, start: int, stop: int, z_dim: int) -> torch.Tensor:
     return torch.stack([latent(seed, i, z_dim) for i in range(start, stop)])
 
 
-def labels(G: torch.nn.Module, classes: list[int] | None, start: int, stop: int) -> torch.Tensor | None:
-    """Class of images start..stop-1: image i draws classes[i % len(classes)] (all classes when None)."""
+def labels(G: torch.nn.Module, classes: list[int] | None, start: int, stop: int, seed: int = 0) -> torch.Tensor | None:
+    """Class of images start..stop-1: image i draws classes[i % len(classes)] (all classes when None). A
+    self-conditioned G (train.clusters) draws its clusters in their shares of the data when classes is None."""
     n = G.cfg.n_classes
     if not n:
         if classes:
             raise GanflowError("sample.classes is set, but the generator is not class-conditional (train.conditional)")
         return None
+    shares = getattr(G, "class_shares", None)
+    if shares is not None and not classes:
+        return clusters.draw(shares, seed, start, stop)
     classes = classes or list(range(n))
     if max(classes) >= n:
         raise GanflowError(f"sample.classes has class {max(classes)}, but the generator knows {n} classes (0-{n - 1})")
@@ -55,7 +59,7 @@ def generate(
     out = []
     for b in range(first, stop, BLOCK):
         z = latents(seed, b, b + BLOCK, G.cfg.z_dim).to(device)
-        y = labels(G, classes, b, b + BLOCK)
+        y = labels(G, classes, b, b + BLOCK, seed)
         out.append(to_uint8(G(z, None if y is None else y.to(device))).cpu())
     return torch.cat(out)[start - first : stop - first]
 
@@ -63,8 +67,8 @@ def generate(
 @torch.no_grad()
 def class_grid(G: torch.nn.Module, seed: int, device="cpu", classes: list[int] | None = None, per_row: int = 10) -> torch.Tensor:
     """Conditional G: one row per class (at most 10), the same latents 0..per_row-1 in every row.
-    Unconditional G: the first 100 samples."""
-    if not G.cfg.n_classes:
+    Unconditional or self-conditioned G (unless classes are asked for): the first 100 samples."""
+    if not G.cfg.n_classes or (getattr(G, "class_shares", None) is not None and not classes):
         return generate(G, seed, 0, 100, device)
     rows = (classes or list(range(G.cfg.n_classes)))[:10]
     z = latents(seed, 0, per_row, G.cfg.z_dim).repeat(len(rows), 1).to(device)

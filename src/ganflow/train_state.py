@@ -165,6 +165,7 @@ class TrainState:
             "step": b["step"] if b else self.progress.step,
             **({metric: b["value"] if b else None} if metric else {}),
             "data_sha256": self.fingerprint["data_sha256"],
+            **({"class_shares": gs.class_shares} if gs.class_shares is not None else {}),  # self-conditioned G
         }
 
     def export_generator(self) -> tuple[torch.nn.Module, np.ndarray]:

@@ -18,8 +18,8 @@ import torch
 from ganflow import accel, deps, evaluator, progress
 from ganflow.eta import Eta, duration
 from ganflow.data import ImageSet
-from ganflow.distributed import SINGLE, Dist, all_mean
-from ganflow.gan_step import LOG_COLUMNS, DivergenceError, GanStep
+from ganflow.distributed import SINGLE, Dist, all_mean, gather
+from ganflow.gan_step import LOG_COLUMNS, DivergenceError, GanStep, self_conditioning
 from ganflow.outputs import TrainOutputs
 from ganflow.pixels import to_uint8
 from ganflow.train_state import Progress, TrainState, fingerprint
@@ -84,7 +84,8 @@ class Trainer:
         """The step (nets from torch's global RNG, which the stage seeds) on `device` (None: from
         train.device) and its checkpoint state. `code`: hash of the training code for the fingerprint."""
         self.params, self.cfg, self.dist = params, params.train, dist
-        self.gs = GanStep(self.cfg, data, accel.levers(self.cfg, dist, device))
+        clustered = gather(self_conditioning(self.cfg, data, params.seed), dist)[0]  # rank 0's, on every rank
+        self.gs = GanStep(self.cfg, data, accel.levers(self.cfg, dist, device), clustered)
         fp = fingerprint(params, data_sha256, dist.world_size, code or deps.code_hash(__file__))
         self.ckpt = TrainState(self.gs, fp)
         self.metric: str | None = None  # the selection metric's name, once run() knows it

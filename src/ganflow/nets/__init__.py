@@ -132,7 +132,7 @@ class Projection(nn.Module):
 
 def up_plan(resolution: int) -> tuple[int, int]:
     """(base side, number of ×2 upsamplings) so that base·2^k == resolution (config.UP_PLANS, torch-free, is
-    the same table: tests/test_config.py checks the G sizes it gives against these nets')."""
+    the same table: tests/test_config.py checks the G sizes it gives against these nets)."""
     plans = {28: (7, 2), 32: (4, 3), 64: (4, 4), 128: (4, 5)}
     if resolution not in plans:
         raise ValueError(f"resolution must be one of {sorted(plans)}, got {resolution}")

@@ -118,7 +118,8 @@ def train_run(tracker: Tracker, trainer: Any, train: Callable[[LoopHooks], dict[
         if main:
             net = trainer.net_cfg
             log_model(tracker, *trainer.export_generator(),
-                      metadata={"z_dim": net.z_dim, "n_classes": net.n_classes, "arch": trainer.cfg.arch})
+                      metadata={"z_dim": net.z_dim, "n_classes": net.n_classes, "arch": trainer.cfg.arch,
+                                **({"class_shares": trainer.gs.class_shares} if trainer.gs.class_shares else {})})
             annotate(tracker, {"run_name": name, "data_sha256": inputs.data_sha256, **dvc_tags(),
                                TAG_BASELINE_COMMIT: tags[TAG_BASELINE_COMMIT]}, contract(trainer.cfg.arch, net))
         if tracker.enabled:  # what the run wrote, by which the next stages find it
