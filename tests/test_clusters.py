@@ -79,3 +79,12 @@ def test_clusters_need_an_arch_that_takes_classes(mnist):
     data = ImageSet(mnist.images, None, [])
     with pytest.raises(GanflowError, match=r"^train.clusters is 5, but arch seed takes no classes: use auto or 0$"):
         Trainer(parse_params({"train": {**TINY_TRAIN, "arch": "seed", "clusters": 5}}), data, "x")
+
+
+def test_stacked_mnist_trains_without_clusters_unless_given_a_count():
+    from ganflow.config import parse_params
+
+    stacked = {"prepare": {"source": "stacked-mnist", "channels": 3}}
+    assert parse_params(stacked).train.clusters == 0  # auto: the benchmark's time budget (docs/sweep.md, round 16)
+    assert parse_params({**stacked, "train": {"clusters": 256}}).train.clusters == 256
+    assert parse_params({}).train.clusters == "auto"

@@ -363,7 +363,9 @@ class Params(_Section):
     @classmethod
     def _stacked_protocol(cls, raw: Any) -> Any:
         """The StackedMNIST benchmark trains unconditionally (its protocol): there train.conditional
-        auto resolves to false, and true is refused. sample.n auto resolves here too."""
+        auto resolves to false, and true is refused. train.clusters auto resolves to 0 there: self-conditioning
+        (256 clusters) cost 40 s of its 300 s budget for a KL within the seed spread (docs/sweep.md, round 16);
+        a count runs it. sample.n auto resolves here too."""
         if not isinstance(raw, dict):
             return raw
         stacked = _value(raw.get("prepare"), "source", None) == STACKED_SOURCE
@@ -376,9 +378,10 @@ class Params(_Section):
         conditional = _value(train, "conditional", "auto")
         if conditional is True:
             raise ValueError(f"train.conditional is true, but prepare.source {STACKED_SOURCE} is benchmarked unconditionally: use auto or false")
-        if conditional == "auto":
-            raw = {**raw, "train": {**_as_dict(train), "conditional": False}}
-        return raw
+        auto = {"conditional": False} if conditional == "auto" else {}
+        if _value(train, "clusters", "auto") == "auto":
+            auto["clusters"] = 0
+        return {**raw, "train": {**_as_dict(train), **auto}} if auto else raw
 
 
 def _as_dict(section: Any) -> dict:

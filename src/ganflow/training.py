@@ -84,7 +84,11 @@ class Trainer:
         """The step (nets from torch's global RNG, which the stage seeds) on `device` (None: from
         train.device) and its checkpoint state. `code`: hash of the training code for the fingerprint."""
         self.params, self.cfg, self.dist = params, params.train, dist
+        t0 = time.perf_counter()
         clustered = gather(self_conditioning(self.cfg, data, params.seed), dist)[0]  # rank 0's, on every rank
+        if clustered is not None and dist.main:
+            log.info("train.clusters %s: self-conditioning on %d k-means clusters of the %d training images (fitted in %.1f s)",
+                     self.cfg.clusters, clustered[1], len(data.images), time.perf_counter() - t0)
         self.gs = GanStep(self.cfg, data, accel.levers(self.cfg, dist, device), clustered)
         fp = fingerprint(params, data_sha256, dist.world_size, code or deps.code_hash(__file__))
         self.ckpt = TrainState(self.gs, fp)
