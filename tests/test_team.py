@@ -54,21 +54,27 @@ def test_runs_lists_names_params_and_scores(tmp_path, capsys):
 
 
 @pytest.mark.stage
-def test_sample_from_a_generator_file_and_from_a_registered_model(tmp_path, mnist):
+@pytest.mark.parametrize("self_conditioned", [False, True])  # True: unlabelled, 4 k-means clusters drawn in their shares
+def test_sample_from_a_generator_file_and_from_a_registered_model(tmp_path, mnist, self_conditioned):
     import torch
     from PIL import Image
 
     from ganflow.config import parse_params
+    from ganflow.data import ImageSet
     from ganflow.training import Trainer
     from conftest import paths
 
-    trainer = Trainer(parse_params({"train": {"steps": 1, "batch_size": 16, "width": 8, "z_dim": 16, "device": "cpu"}}), mnist, "x")
+    train = {"steps": 1, "batch_size": 16, "width": 8, "z_dim": 16, "device": "cpu", "clusters": 4 if self_conditioned else 0}
+    data = ImageSet(mnist.images, None, []) if self_conditioned else mnist
+    trainer = Trainer(parse_params({"train": train}), data, "x")
     trainer.run(paths(tmp_path))
     main(["sample", "--model", str(tmp_path / "generator.pt"), "-n", "20", "--out", str(tmp_path / "a.png")])
     t = tracking.Tracker(TrackingConfig())
     t.start()
     model, example = trainer.export_generator()
-    registry.log_model(t, model, example, metadata={"z_dim": 16, "n_classes": trainer.net_cfg.n_classes})  # conditional: auto
+    shares = {"class_shares": trainer.gs.class_shares} if self_conditioned else {}  # as the train stage logs them
+    registry.log_model(t, model, example, metadata={"z_dim": 16, "n_classes": trainer.net_cfg.n_classes, **shares})  # conditional: auto
+    assert trainer.net_cfg.n_classes == (4 if self_conditioned else 10)
     t.end()
     version = MlflowClient().search_model_versions(f"name='{MODEL}'")[0].version
     main(["sample", "--model", f"models:/{MODEL}/{version}", "-n", "20", "--out", str(tmp_path / "b.png")])
