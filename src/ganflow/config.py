@@ -180,7 +180,7 @@ class TrainConfig(_Section):
         "auto", description="class-conditional G (conditional BN) and D (projection): auto (when the data has labels and the arch takes classes) | true | false"
     )
     clusters: Literal["auto"] | Annotated[int, Field(ge=0, le=MAX_CLUSTERS)] = Field(
-        "auto", description="self-conditioning when training without labels: G and D conditioned on k-means clusters of the training images, sampled in the clusters' shares (Liu et al. 2020); auto: one per 90 training images, at most 1,000 | K | 0 (off)"
+        "auto", description="self-conditioning when training without labels: G and D conditioned on k-means clusters of the training images, sampled in the clusters' shares (Liu et al. 2020); auto: one per 90 training images, at most 1,000 (stacked-mnist: 0) | K | 0 (off)"
     )
     lr_decay: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="fraction of the last steps over which both learning rates fall linearly to 0 (0: constant)"
