@@ -18,10 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch.nn.utils import parametrize
-
-import numpy as np
 
 from ganflow import GanflowError, augment, clusters, losses
 from ganflow.accel import DeviceScalars, Levers, uncompiled
