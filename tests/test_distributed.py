@@ -12,8 +12,9 @@ pytestmark = [pytest.mark.stage, pytest.mark.slow]
 INJECT = Path(__file__).parent / "reliability" / "inject"
 
 
-def test_two_processes_rank0_writes_and_results_repeat(tmp_path, mnist):
-    stage_workspace(tmp_path, mnist, {"train": {"devices": 2, "eval_every": 10, "eval_samples": 64}})
+@pytest.mark.parametrize("extra", [{}, {"conditional": False, "clusters": 3}])  # the second: clusters fitted on rank 0
+def test_two_processes_rank0_writes_and_results_repeat(tmp_path, mnist, extra):
+    stage_workspace(tmp_path, mnist, {"train": {"devices": 2, "eval_every": 10, "eval_samples": 64, **extra}})
     db = tmp_path / "mlflow.db"
 
     outputs = []
@@ -30,6 +31,10 @@ def test_two_processes_rank0_writes_and_results_repeat(tmp_path, mnist):
         outputs.append((out / "generator.pt").read_bytes())
         assert (out / "train_log.tsv").read_text().count("\n") == 1 + 20 // 5
     assert outputs[0] == outputs[1]  # deterministic for a fixed world size
+    import torch
+
+    shares = torch.load(tmp_path / "a" / "generator.pt", weights_only=True).get("class_shares")
+    assert (shares is not None and len(shares) == 3) == bool(extra)
 
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     runs = mlflow.search_runs(experiment_names=["ganflow"], output_format="list")

@@ -76,17 +76,11 @@ def cluster_count(cfg: TrainConfig, data: ImageSet) -> int:
     return clusters.auto_count(len(data.images), MAX_CLUSTERS) if cfg.clusters == "auto" else cfg.clusters
 
 
-def self_conditioning(cfg: TrainConfig, data: ImageSet, seed: int) -> tuple[np.ndarray, int] | None:
-    """(each training image's cluster, the cluster count) when the nets self-condition, else None."""
-    k = cluster_count(cfg, data)
-    return (clusters.kmeans(data.images, k, seed), k) if k else None
-
-
 class GanStep:
     def __init__(self, cfg: TrainConfig, data: ImageSet, levers: Levers, clustered: tuple[np.ndarray, int] | None = None):
         """Nets and optimisers from train.* (net weights are drawn from torch's global RNG, which the
         stage seeds), on levers.device; the whole data set is held there as uint8. `clustered`: each
-        image's cluster and their count (`self_conditioning`), which stand in for labels."""
+        image's cluster and their count (`cluster_count`, `clusters.kmeans`), which stand in for labels."""
         self.cfg, self.levers, self.dist, self.device = cfg, levers, levers.dist, levers.device
         _, c, h, _ = data.images.shape
         if cfg.batch_size > len(data.images):

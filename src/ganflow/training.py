@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ganflow import accel, deps, evaluator, progress
+from ganflow import accel, clusters, deps, evaluator, progress
 from ganflow.eta import Eta, duration
 from ganflow.data import ImageSet
 from ganflow.distributed import SINGLE, Dist, all_mean, gather
-from ganflow.gan_step import LOG_COLUMNS, DivergenceError, GanStep, self_conditioning
+from ganflow.gan_step import LOG_COLUMNS, DivergenceError, GanStep, cluster_count
 from ganflow.outputs import TrainOutputs
 from ganflow.pixels import to_uint8
 from ganflow.train_state import Progress, TrainState, fingerprint
@@ -84,11 +84,13 @@ class Trainer:
         """The step (nets from torch's global RNG, which the stage seeds) on `device` (None: from
         train.device) and its checkpoint state. `code`: hash of the training code for the fingerprint."""
         self.params, self.cfg, self.dist = params, params.train, dist
-        t0 = time.perf_counter()
-        clustered = gather(self_conditioning(self.cfg, data, params.seed), dist)[0]  # rank 0's, on every rank
-        if clustered is not None and dist.main:
-            log.info("train.clusters %s: self-conditioning on %d k-means clusters of the %d training images (fitted in %.1f s)",
-                     self.cfg.clusters, clustered[1], len(data.images), time.perf_counter() - t0)
+        clustered, k = None, cluster_count(self.cfg, data)  # every rank resolves it (and raises) alike
+        if k:  # self-conditioning: the clusters are fitted once, on rank 0, and every rank trains on those
+            t0 = time.perf_counter()
+            clustered = gather(clusters.kmeans(data.images, k, params.seed) if dist.main else None, dist)[0], k
+            if dist.main:
+                log.info("train.clusters %s: self-conditioning on %d k-means clusters of the %d training images (fitted in %.1f s)",
+                         self.cfg.clusters, k, len(data.images), time.perf_counter() - t0)
         self.gs = GanStep(self.cfg, data, accel.levers(self.cfg, dist, device), clustered)
         fp = fingerprint(params, data_sha256, dist.world_size, code or deps.code_hash(__file__))
         self.ckpt = TrainState(self.gs, fp)
