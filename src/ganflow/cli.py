@@ -165,7 +165,7 @@ def sample_grid(a) -> None:
     if a.model.startswith(("models:/", "runs:/")):
         import mlflow
 
-        from ganflow.generator import load_registered
+        from ganflow.generator import checked_shares, load_registered
 
         _, uri = _tracking(a.params)
         mlflow.set_tracking_uri(uri)
@@ -175,8 +175,11 @@ def sample_grid(a) -> None:
             raise GanflowError(f"--model {a.model}: no z_dim in its metadata (not logged by ganflow?)")
         z = latents(a.seed, 0, a.n, z_dim)
         if n_classes:  # image i draws class i % n_classes, or a self-conditioned G's cluster in their shares
-            shares = meta.get("class_shares")
-            y = clusters.draw([float(s) for s in shares], a.seed, 0, a.n) if shares else torch.arange(a.n) % n_classes
+            try:
+                shares = checked_shares(meta.get("class_shares"), n_classes)
+            except (TypeError, ValueError) as err:
+                raise GanflowError(f"--model {a.model}: {err}") from None
+            y = clusters.draw(shares, a.seed, 0, a.n) if shares else torch.arange(a.n) % n_classes
             z = torch.cat([z, y.float()[:, None]], 1)
         try:
             with torch.no_grad():

@@ -87,14 +87,14 @@ class GanStep:
             raise GanflowError(f"train.batch_size {cfg.batch_size} is larger than the prepared data ({len(data.images)} images)")
         classes = n_classes(cfg, data)
         labels = data.labels if classes else None
-        self.class_shares: list[float] | None = None  # self-conditioning: how often G draws each cluster
+        shares = None  # self-conditioning: how often G draws each cluster (`class_shares`)
         if clustered is not None:
             labels, classes = clustered
-            self.class_shares = clusters.shares(labels, classes)
+            shares = clusters.shares(labels, classes)
         self.net_cfg = NetConfig(resolution=h, channels=c, z_dim=cfg.z_dim, width=cfg.width, d_norm=cfg.d_norm,
                                  n_classes=classes, d_width=cfg.d_width or 0)
         self.G, self.D = build(cfg.arch, self.net_cfg)
-        self.G.class_shares = self.class_shares  # what sampling draws a self-conditioned G's clusters from
+        self.G.class_shares = shares  # what sampling draws a self-conditioned G's clusters from (G_ema: a copy)
         levers.place(self.G, self.D)
         self.opt_g = levers.adam(self.G.parameters(), cfg.lr_g, tuple(cfg.betas))
         self.opt_d = levers.adam(self.D.parameters(), cfg.lr_d, tuple(cfg.betas))
@@ -119,6 +119,11 @@ class GanStep:
         self.d_images_per_step = self.images_per_step * self.loss.n_critic
         # the optimisation order after the D+G step: a new lazy regulariser is a term of the loss (or a row here)
         self.phases = [Phase("Dreg", cfg.r1_every, self.d_reg)] if self.loss.lazy_d_terms else []
+
+    @property
+    def class_shares(self) -> list[float] | None:
+        """A self-conditioned G's cluster shares (None otherwise): held by G and G_ema, which sampling sees."""
+        return self.G.class_shares
 
     @property
     def G_eval(self) -> torch.nn.Module:
@@ -249,10 +254,10 @@ class GanStep:
         self.loss.load_state_dict(state["loss"])
         if self.class_shares is not None:  # the clusters this run began with (k-means is not rerun bit for bit everywhere)
             self.labels.copy_(state["clusters"])
-            self.class_shares = clusters.shares(state["clusters"].numpy(), self.net_cfg.n_classes)
+            shares = clusters.shares(state["clusters"].numpy(), self.net_cfg.n_classes)
             for G in (self.G, self.G_ema):
                 if G is not None:
-                    G.class_shares = self.class_shares
+                    G.class_shares = shares
 
     def check_finite_weights(self, step: int) -> None:
         """Stop with DivergenceError when G, D or the EMA generator holds NaN/Inf."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,20 +37,20 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
             raise ValueError(f"its net ({arch}, width {net.width}) would have {size:,} parameters, over {MAX_PARAMETERS:,}")
         G = build_g(arch, net)
         G.load_state_dict(obj["state_dict"])
-        G.class_shares = _shares(obj.get("class_shares"), net.n_classes)
+        G.class_shares = checked_shares(obj.get("class_shares"), net.n_classes)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GanflowError(f"{path}: not a usable generator ({why.strip(chr(34))})") from None
     return G.to(device).eval(), obj
 
 
-def _shares(value: Any, n_classes: int) -> list[float] | None:
+def checked_shares(value: Any, n_classes: int) -> list[float] | None:
     """A self-conditioned generator's cluster shares (generator.pt's class_shares), checked."""
     if value is None:
         return None
     shares = [float(v) for v in value]
-    if len(shares) != n_classes or min(shares) < 0 or not sum(shares) > 0:
-        raise ValueError(f"class_shares holds {len(shares)} shares for {n_classes} classes, or a negative or zero total")
+    if len(shares) != n_classes or min(shares) < 0 or not 0 < sum(shares) < math.inf:
+        raise ValueError(f"class_shares holds {len(shares)} shares for {n_classes} classes, or a negative, zero or infinite total")
     return shares
 
 
