@@ -2,7 +2,9 @@
 fused Adam (`accel.Levers.fused`: one kernel per optimiser step; on the CPU too since torch 2.4), D's
 spectral norms computed once per loss (`parametrize.cached` in `GanStep.step`: one power iteration for
 D's real and fake calls instead of one per call), and no NaN filling of new tensors under deterministic
-mode (`torch.utils.deterministic.fill_uninitialized_memory`, switched off by `accel.seed_everything`).
+mode (`torch.utils.deterministic.fill_uninitialized_memory`, switched off by `accel.seed_everything`),
+and conditional batch norm's class scale and shift cast to the activations' dtype (`nets.CondBatchNorm`:
+in float32 they promote a bf16-autocast G's activations to float32; conditional recipes only).
 
 Each data set's default recipe (its lazy R1 step included) is timed in interleaved rounds (the median of
 each), on this machine's device and threads: the default, each lever off alone, and all off. Prints
@@ -20,10 +22,10 @@ import contextlib
 import torch.utils.deterministic
 from torch.nn.utils import parametrize
 
-from ganflow import accel
+from ganflow import accel, nets
 from sweep import DATA, interleaved, step_bench_args, step_timer, training_split
 
-LEVERS = ("fused Adam", "spectral norm once per loss", "no NaN fill")
+LEVERS = ("fused Adam", "spectral norm once per loss", "no NaN fill", "conditional BN in the activations' dtype")
 
 
 def main() -> None:
@@ -31,24 +33,38 @@ def main() -> None:
     images = training_split(a.project.resolve())
     cached, cache_on = parametrize.cached, [True]
     parametrize.cached = lambda: cached() if cache_on[0] else contextlib.nullcontext()  # what GanStep.step calls
-    combos = [(True, True, True)] + [tuple(i != j for j in range(3)) for i in range(3)] + [(False, False, False)]
+    n = len(LEVERS)
+    combos = [(True,) * n] + [tuple(i != j for j in range(n)) for i in range(n)] + [(False,) * n]
     timers = {}
-    for fused, cache, no_fill in combos:
+    for fused, cache, no_fill, cast in combos:
         accel.Levers.fused = property(lambda self, on=fused: on)  # read when the trainer builds its optimisers
-        timers[fused, cache, no_fill] = switched(step_timer(DATA[a.data], images), cache, no_fill, cache_on)
+        timers[fused, cache, no_fill, cast] = switched(step_timer(DATA[a.data], images), cache, no_fill, cast, cache_on)
     rates = interleaved(timers, a.rounds, a.seconds)
-    default = rates[True, True, True]
+    default = rates[(True,) * n]
     for combo, rate in rates.items():
         off = [name for name, on in zip(LEVERS, combo) if not on]
         print(f"{a.data} {'off: ' + ', '.join(off) if off else 'default (all on)'}: {rate:.1f} steps/s ({rate / default:.3f} of the default)")
-    print(f"ratio default / all off: {default / rates[False, False, False]:.3f}")
+    print(f"ratio default / all off: {default / rates[(False,) * n]:.3f}")
 
 
-def switched(timer, cache: bool, no_fill: bool, cache_on: list[bool]):
-    """`timer` with the per-loss spectral norm and the NaN fill set as given while it runs."""
+CAST_BN = nets.CondBatchNorm.forward
+
+
+def float32_bn(self, x, y=None):
+    """CondBatchNorm.forward as it was before the cast: the class scale and shift in float32."""
+    if not self.n_classes or x.dim() != 4:
+        return CAST_BN(self, x, y)
+    h = self.bn(x)
+    gamma, beta = self.embed(y)[:, :, None, None].chunk(2, 1)
+    return gamma * h + beta
+
+
+def switched(timer, cache: bool, no_fill: bool, cast: bool, cache_on: list[bool]):
+    """`timer` with the per-loss spectral norm, the NaN fill and the conditional BN's cast set as given."""
     def timed(seconds: float) -> float:
         cache_on[0] = cache
         torch.utils.deterministic.fill_uninitialized_memory = not no_fill
+        nets.CondBatchNorm.forward = CAST_BN if cast else float32_bn
         return timer(seconds)
     return timed
 
