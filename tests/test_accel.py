@@ -12,6 +12,7 @@ from conftest import TINY_TRAIN, killed_then_resumed, paths, train
 from ganflow import GanflowError, accel, losses
 from ganflow.config import ConfigError, parse_params
 from ganflow.generator import serving_model
+from ganflow.nets import CondBatchNorm
 from ganflow.training import Trainer
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -95,12 +96,15 @@ def test_autocast_decision_names_the_reason(monkeypatch):
 @pytest.mark.parametrize("mode, dtype", [("off", torch.float32), ("bf16", torch.bfloat16)])
 def test_autocast_runs_the_step_in_bf16_and_keeps_float32_weights(mnist, mode, dtype):
     t = Trainer(parse_params({"train": {**TINY_TRAIN, "autocast": mode, "r1": 1.0, "r1_every": 2}}), mnist, "x")
-    seen = []  # what G draws, and D's first convolution (D's head sums in float32 under autocast)
+    seen, class_bn = [], []  # what G draws, and D's first convolution (D's head sums in float32 under autocast)
     for net in (t.gs.G, t.gs.D.body[0]):
         net.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    for bn in (m for m in t.gs.G.modules() if isinstance(m, CondBatchNorm) and m.n_classes):  # float32 class terms promoted these
+        bn.register_forward_hook(lambda module, args, out: class_bn.append(out.dtype))
     for i in range(2):  # the D+G step, then the lazy R1 step
         t.gs.advance(i)
     assert seen and set(seen) == {dtype}
+    assert class_bn and set(class_bn) == {dtype}  # the conditional batch norms' outputs too (the labels make G conditional)
     states = [t.gs.G.state_dict(), t.gs.D.state_dict(), t.gs.G_ema.state_dict()]
     assert {v.dtype for sd in states for v in sd.values() if v.is_floating_point()} == {torch.float32}
     assert all(torch.isfinite(v).all() for sd in states for v in sd.values() if v.is_floating_point())

@@ -87,17 +87,20 @@ def test_sample_from_a_generator_file_and_from_a_registered_model(tmp_path, mnis
     assert (a.float() - b.float()).abs().max() <= 1  # the same images, through the exported graph
     with pytest.raises(SystemExit):
         main(["sample", "--model", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "d.png")])
-    if self_conditioned:  # a hand-edited model's shares that do not fit its clusters: one line naming the model
+    if self_conditioned:  # a hand-edited model's metadata (shares that do not fit its clusters): one line naming the model
         t = tracking.Tracker(TrackingConfig())
         t.start()
-        registry.log_model(t, model, example, metadata={"z_dim": 16, "n_classes": 4, "class_shares": [0.5, 0.5]})
+        for meta, why in (({"n_classes": 4, "class_shares": [0.5, 0.5]}, "class_shares holds 2 shares for 4 classes"),
+                          ({"n_classes": 4, "class_shares": ["inf", 1, 1, 1]}, "class_shares holds 4 shares for 4 classes, or"),
+                          ({"n_classes": "four"}, "invalid literal for int()")):
+            registry.log_model(t, model, example, metadata={"z_dim": 16, **meta})
+            bad = max(int(v.version) for v in MlflowClient().search_model_versions(f"name='{MODEL}'"))
+            capsys.readouterr()
+            with pytest.raises(SystemExit):
+                main(["sample", "--model", f"models:/{MODEL}/{bad}", "--out", str(tmp_path / "e.png")])
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"error: --model models:/{MODEL}/{bad}: unusable metadata ({why}") and "\n" not in err
         t.end()
-        bad = max(int(v.version) for v in MlflowClient().search_model_versions(f"name='{MODEL}'"))
-        capsys.readouterr()
-        with pytest.raises(SystemExit):
-            main(["sample", "--model", f"models:/{MODEL}/{bad}", "--out", str(tmp_path / "e.png")])
-        err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: --model models:/{MODEL}/{bad}: class_shares holds 2 shares for 4 classes") and "\n" not in err
 
 
 def test_ui_link_opens_the_model_training_layout(capsys):

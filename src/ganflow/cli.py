@@ -170,15 +170,15 @@ def sample_grid(a) -> None:
         _, uri = _tracking(a.params)
         mlflow.set_tracking_uri(uri)
         model, meta = load_registered(a.model)
-        z_dim, n_classes = int(meta.get("z_dim", 0)), int(meta.get("n_classes", 0))
+        try:  # metadata a person may have edited: one line, not a traceback
+            z_dim, n_classes = int(meta.get("z_dim", 0)), int(meta.get("n_classes", 0))
+            shares = checked_shares(meta.get("class_shares"), n_classes) if n_classes else None
+        except (TypeError, ValueError) as err:
+            raise GanflowError(f"--model {a.model}: unusable metadata ({err})") from None
         if not z_dim:
             raise GanflowError(f"--model {a.model}: no z_dim in its metadata (not logged by ganflow?)")
         z = latents(a.seed, 0, a.n, z_dim)
         if n_classes:  # image i draws class i % n_classes, or a self-conditioned G's cluster in their shares
-            try:
-                shares = checked_shares(meta.get("class_shares"), n_classes)
-            except (TypeError, ValueError) as err:
-                raise GanflowError(f"--model {a.model}: {err}") from None
             y = clusters.draw(shares, a.seed, 0, a.n) if shares else torch.arange(a.n) % n_classes
             z = torch.cat([z, y.float()[:, None]], 1)
         try:
