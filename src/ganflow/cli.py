@@ -155,10 +155,9 @@ def sample_grid(a) -> None:
     """Samples of a generator as one PNG grid; image i depends on (seed, i) only, as in the sample stage."""
     import torch
 
-    from ganflow import clusters
     from ganflow.io import save_grid
     from ganflow.pixels import to_uint8
-    from ganflow.sampling import grid_columns, latents
+    from ganflow.sampling import drawn_classes, grid_columns, latents
 
     if not 1 <= a.n <= 1024:
         raise GanflowError(f"-n must be between 1 and 1024, got {a.n}")
@@ -179,8 +178,7 @@ def sample_grid(a) -> None:
             raise GanflowError(f"--model {a.model}: no z_dim in its metadata (not logged by ganflow?)")
         z = latents(a.seed, 0, a.n, z_dim)
         if n_classes:  # image i draws class i % n_classes, or a self-conditioned G's cluster in their shares
-            y = clusters.draw(shares, a.seed, 0, a.n) if shares else torch.arange(a.n) % n_classes
-            z = torch.cat([z, y.float()[:, None]], 1)
+            z = torch.cat([z, drawn_classes(n_classes, shares, None, 0, a.n, a.seed).float()[:, None]], 1)
         try:
             with torch.no_grad():
                 images = to_uint8(model(z))

@@ -34,14 +34,18 @@ def latents(seed: int, start: int, stop: int, z_dim: int) -> torch.Tensor:
 
 
 def labels(G: torch.nn.Module, classes: list[int] | None, start: int, stop: int, seed: int = 0) -> torch.Tensor | None:
-    """Class of images start..stop-1: image i draws classes[i % len(classes)] (all classes when None). A
-    self-conditioned G (train.clusters) draws its clusters in their shares of the data when classes is None."""
-    n = G.cfg.n_classes
+    """Class of images start..stop-1 of G (`drawn_classes` with G's class count and cluster shares)."""
+    return drawn_classes(G.cfg.n_classes, getattr(G, "class_shares", None), classes, start, stop, seed)
+
+
+def drawn_classes(n: int, shares: list[float] | None, classes: list[int] | None, start: int, stop: int, seed: int = 0) -> torch.Tensor | None:
+    """Class of images start..stop-1 of a generator of n classes: image i draws classes[i % len(classes)]
+    (all classes when None). A self-conditioned G (train.clusters: its clusters' `shares`) draws its clusters
+    in their shares of the data when classes is None."""
     if not n:
         if classes:
             raise GanflowError("sample.classes is set, but the generator is not class-conditional (train.conditional)")
         return None
-    shares = getattr(G, "class_shares", None)
     if shares is not None and not classes:
         return clusters.draw(shares, seed, start, stop)
     classes = classes or list(range(n))
