@@ -93,6 +93,21 @@ def test_autocast_decision_names_the_reason(monkeypatch):
     assert accel.bf16_decision("auto", cpu) == (False, "float32 (the CPU has no native bf16: AVX512-BF16 or AMX)")
 
 
+def test_channels_last_auto_is_on_for_a_bf16_step_on_a_cpu_with_amx(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert accel.channels_last_decision(True, gpu, False) == (True, "NHWC")
+    assert accel.channels_last_decision(False, cpu, True) == (False, "NCHW")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert accel.channels_last_decision("auto", cpu, True) == (True, "NHWC (a bf16 step on a CPU with AMX)")
+    assert accel.channels_last_decision("auto", cpu, False) == (False, "NCHW")  # float32: no faster there
+    assert accel.channels_last_decision("auto", gpu, True) == (False, "NCHW")  # eager NHWC was slower on CUDA
+    levers = accel.levers(parse_params({"train": {"autocast": "bf16"}}).train, device=cpu)
+    assert levers.channels_last and "train.channels_last auto: NHWC" in levers.precision
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert accel.channels_last_decision("auto", cpu, True) == (False, "NCHW")  # unmeasured without AMX
+    assert not accel.levers(parse_params({"train": {"autocast": "bf16"}}).train, device=cpu).channels_last
+
+
 @pytest.mark.parametrize("mode, dtype", [("off", torch.float32), ("bf16", torch.bfloat16)])
 def test_autocast_runs_the_step_in_bf16_and_keeps_float32_weights(mnist, mode, dtype):
     t = Trainer(parse_params({"train": {**TINY_TRAIN, "autocast": mode, "r1": 1.0, "r1_every": 2}}), mnist, "x")

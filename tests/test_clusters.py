@@ -81,10 +81,13 @@ def test_clusters_need_an_arch_that_takes_classes(mnist):
         Trainer(parse_params({"train": {**TINY_TRAIN, "arch": "seed", "clusters": 5}}), data, "x")
 
 
-def test_stacked_mnist_trains_without_clusters_unless_given_a_count():
+def test_stacked_mnist_self_conditions_on_1000_clusters_unless_given_a_count():
     from ganflow.config import parse_params
 
     stacked = {"prepare": {"source": "stacked-mnist", "channels": 3}}
-    assert parse_params(stacked).train.clusters == 0  # auto: the benchmark's time budget (docs/sweep.md, round 16)
+    assert parse_params(stacked).train.clusters == 1000  # auto there: one per 25 stacks built (docs/sweep.md, round 18)
+    small = {"prepare": {**stacked["prepare"], "stacked_n": 1000}}
+    assert parse_params(small).train.clusters == 40  # never more clusters than its ~900 training stacks
     assert parse_params({**stacked, "train": {"clusters": 256}}).train.clusters == 256
+    assert parse_params({**stacked, "train": {"clusters": 0}}).train.clusters == 0
     assert parse_params({}).train.clusters == "auto"

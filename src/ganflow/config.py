@@ -96,6 +96,7 @@ def _one_of(names: Callable[[], list[str]] | tuple[str, ...]):
 
 STACKED_SOURCE = "stacked-mnist"  # the mode-coverage benchmark's data (ganflow.stacked)
 SAMPLES, STACKED_SAMPLES = 5000, 26_000  # sample.n auto: the default; on stacked-mnist, the published protocol's (ganflow.stacked)
+STACKED_STACKS_PER_CLUSTER = 25  # train.clusters auto on stacked-mnist: one per 25 stacks built (25,600: 1,000; docs/sweep.md, round 18)
 
 
 class PrepareConfig(_Section):
@@ -180,7 +181,7 @@ class TrainConfig(_Section):
         "auto", description="class-conditional G (conditional BN) and D (projection): auto (when the data has labels and the arch takes classes) | true | false"
     )
     clusters: Literal["auto"] | Annotated[int, Field(ge=0, le=MAX_CLUSTERS)] = Field(
-        "auto", description="self-conditioning when training without labels: G and D conditioned on k-means clusters of the training images, sampled in the clusters' shares (Liu et al. 2020); auto: one per 90 training images, at most 1,000 (stacked-mnist: 0) | K | 0 (off)"
+        "auto", description="self-conditioning when training without labels: G and D conditioned on k-means clusters of the training images, sampled in the clusters' shares (Liu et al. 2020); auto: one per 90 training images, at most 1,000 (stacked-mnist: one per 25 stacks, 1,000 at its default size) | K | 0 (off)"
     )
     lr_decay: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="fraction of the last steps over which both learning rates fall linearly to 0 (0: constant)"
@@ -215,7 +216,9 @@ class TrainConfig(_Section):
     autocast: Literal["auto", "bf16", "off"] = Field(
         "auto", description="bf16 autocast of the step (weights and optimisers stay float32): auto (on CUDA, and on a CPU with native bf16: AVX512-BF16 or AMX) | bf16 | off"
     )
-    channels_last: bool = Field(False, description="NHWC memory layout for both nets (a GPU speed lever)")
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="NHWC memory layout for both nets: auto (on for a bf16 step on a CPU with AMX, 1.03-1.53x there: docs/performance.md) | true | false"
+    )
     compile: bool = Field(False, description="torch.compile G and D (the first steps pay for compilation; 0.78× eager on a 2-core CPU: docs/performance.md)")
     cuda_graph: Literal["auto", "on", "off"] = Field(
         "auto", description="whole D+G step as one CUDA graph: auto (single CUDA process, when capture works) | on | off"
@@ -363,9 +366,10 @@ class Params(_Section):
     @classmethod
     def _stacked_protocol(cls, raw: Any) -> Any:
         """The StackedMNIST benchmark trains unconditionally (its protocol): there train.conditional
-        auto resolves to false, and true is refused. train.clusters auto resolves to 0 there: self-conditioning
-        (256 clusters) cost 40 s of its 300 s budget for a KL within the seed spread (docs/sweep.md, round 16);
-        a count runs it. sample.n auto resolves here too."""
+        auto resolves to false, and true is refused. train.clusters auto resolves to one per
+        STACKED_STACKS_PER_CLUSTER stacks there (at most 1,000): 1,000 clusters lowered its KL beyond the seed
+        spread, where 256 (one per 90 training stacks, the rule elsewhere) did not (docs/sweep.md, rounds 16
+        and 18). sample.n auto resolves here too."""
         if not isinstance(raw, dict):
             return raw
         stacked = _value(raw.get("prepare"), "source", None) == STACKED_SOURCE
@@ -380,7 +384,8 @@ class Params(_Section):
             raise ValueError(f"train.conditional is true, but prepare.source {STACKED_SOURCE} is benchmarked unconditionally: use auto or false")
         auto = {"conditional": False} if conditional == "auto" else {}
         if _value(train, "clusters", "auto") == "auto":
-            auto["clusters"] = 0
+            n = _value(raw.get("prepare"), "stacked_n", PrepareConfig.model_fields["stacked_n"].default)
+            auto["clusters"] = min(MAX_CLUSTERS, n // STACKED_STACKS_PER_CLUSTER) if isinstance(n, int) else "auto"
         return {**raw, "train": {**_as_dict(train), **auto}} if auto else raw
 
 
