@@ -17,7 +17,7 @@ from sweep import DATA, calibrate, step_bench_args, training_split
 def main() -> None:
     a = step_bench_args(__doc__)
     images = training_split(a.project.resolve())
-    rates = calibrate({mode: {**DATA[a.data], "train.autocast": mode} for mode in ("off", "bf16")},
+    rates = calibrate({mode: {**DATA[a.data], "train.autocast": mode, "train.channels_last": False} for mode in ("off", "bf16")},
                       images, a.rounds, a.seconds)
     for mode, rate in rates.items():
         print(f"{a.data} train.autocast {mode}: {rate:.1f} steps/s")

@@ -127,7 +127,7 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "clusters-100": {"train.clusters": 100},
     "clusters-200": {"train.clusters": 200},
     "clusters-256": {"train.clusters": 256},  # one per 90 of StackedMNIST's 23,040 training images (auto from this round on)
-    "clusters-1000": {"train.clusters": 1000},  # round 18: StackedMNIST's auto from then on (one per 25 stacks built)
+    "clusters-1000": {"train.clusters": 1000},  # round 18: StackedMNIST's auto from then on (one per 23 training stacks)
 }
 # --data: what every candidate runs on (the overrides put before its own); the project's data/prepared and
 # models/evaluator.pt must have been made with the same prepare/evaluator params (dvc repro fit_evaluator).

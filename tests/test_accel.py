@@ -2,6 +2,7 @@
 the CUDA graph on the CPU), the frozen D in the G step, channels_last, max_seconds, export.
 CUDA-only checks at the end are skipped without a GPU."""
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -100,12 +101,45 @@ def test_channels_last_auto_is_on_for_a_bf16_step_on_a_cpu_with_amx(monkeypatch)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert accel.channels_last_decision("auto", cpu, True) == (True, "NHWC (a bf16 step on a CPU with AMX)")
     assert accel.channels_last_decision("auto", cpu, False) == (False, "NCHW")  # float32: no faster there
-    assert accel.channels_last_decision("auto", gpu, True) == (False, "NCHW")  # eager NHWC was slower on CUDA
+    assert accel.channels_last_decision("auto", gpu, True) == (False, "NCHW")  # unmeasured on CUDA as a layout alone
+    assert accel.channels_last_decision("auto", cpu, True, ddp=True) == (False, "NCHW (auto keeps it under DDP)")
+    assert accel.channels_last_decision("auto", cpu, True, compiled=True) == (False, "NCHW (auto keeps it under train.compile)")
+    assert accel.channels_last_decision(True, cpu, True, ddp=True) == (True, "NHWC")  # given: as given
+    assert parse_params({}).train.channels_last == "auto"
+    with pytest.raises(ConfigError, match="train.channels_last"):
+        parse_params({"train": {"channels_last": "yes"}})
     levers = accel.levers(parse_params({"train": {"autocast": "bf16"}}).train, device=cpu)
     assert levers.channels_last and "train.channels_last auto: NHWC" in levers.precision
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert accel.channels_last_decision("auto", cpu, True) == (False, "NCHW")  # unmeasured without AMX
     assert not accel.levers(parse_params({"train": {"autocast": "bf16"}}).train, device=cpu).channels_last
+
+
+def test_resumed_adam_moments_take_their_weights_layout():
+    """A checkpoint's Adam moments keep the layout of the run that saved them; fused Adam pairs weights and moments
+    by memory position, so an NCHW checkpoint resumed in NHWC (train.channels_last auto on an AMX CPU) would update
+    each weight with another's moments unless load_optimizer gives each moment its weight's layout."""
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    a, grads = torch.nn.Conv2d(3, 8, 3), [torch.randn(8, 3, 3, 3), torch.randn(8)]
+    nchw = accel.Levers(cpu)
+    opt_a = nchw.adam(a.parameters(), 1e-2, (0.5, 0.9))
+    for _ in range(2):  # moments that differ from element to element
+        for p, g in zip(a.parameters(), grads):
+            p.grad = g * torch.rand_like(g)
+        opt_a.step()
+    b = copy.deepcopy(a)
+    nhwc = accel.Levers(cpu, channels_last=True)
+    nhwc.place(b)
+    opt_b = nhwc.adam(b.parameters(), 1e-2, (0.5, 0.9))
+    nhwc.load_optimizer(opt_b, copy.deepcopy(opt_a.state_dict()))
+    assert all(m.stride() == p.stride() for p in b.parameters() for m in opt_b.state[p].values() if m.shape == p.shape)
+    for net, opt in ((a, opt_a), (b, opt_b)):
+        for p, g in zip(net.parameters(), grads):
+            p.grad = torch.empty_like(p).copy_(g)
+        opt.step()
+    assert b.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(a.weight, b.weight, rtol=0, atol=1e-7) and torch.allclose(a.bias, b.bias, rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("mode, dtype", [("off", torch.float32), ("bf16", torch.bfloat16)])

@@ -33,6 +33,23 @@ def test_kmeans_gives_the_same_clusters_for_the_same_images_and_seed(mnist):
         clusters.kmeans(images, 301, seed=0)
 
 
+def test_kmeans_sees_the_pixels_area_averaged_to_at_most_8_px(monkeypatch):
+    import sklearn.cluster
+
+    seen = []
+
+    class Recording(sklearn.cluster.KMeans):
+        def fit(self, x, *args, **kw):
+            seen.append(x.shape[1])
+            return super().fit(x, *args, **kw)
+
+    monkeypatch.setattr(sklearn.cluster, "KMeans", Recording)
+    for side, channels, width in ((28, 1, 7 * 7), (32, 3, 3 * 8 * 8), (64, 3, 3 * 8 * 8)):
+        images = np.random.default_rng(0).integers(0, 256, (20, channels, side, side), dtype=np.uint8)
+        clusters.kmeans(images, 2, seed=0)
+        assert seen.pop() == width
+
+
 def test_a_self_conditioned_generator_draws_its_clusters_in_their_shares():
     G = build("dcgan", NetConfig(28, 1, z_dim=8, width=8, n_classes=3))[0].eval()
     G.class_shares = [0.6, 0.3, 0.1]
@@ -81,13 +98,17 @@ def test_clusters_need_an_arch_that_takes_classes(mnist):
         Trainer(parse_params({"train": {**TINY_TRAIN, "arch": "seed", "clusters": 5}}), data, "x")
 
 
-def test_stacked_mnist_self_conditions_on_1000_clusters_unless_given_a_count():
+def test_stacked_mnist_self_conditions_on_one_cluster_per_23_training_stacks():
     from ganflow.config import parse_params
+    from ganflow.gan_step import cluster_count
 
-    stacked = {"prepare": {"source": "stacked-mnist", "channels": 3}}
-    assert parse_params(stacked).train.clusters == 1000  # auto there: one per 25 stacks built (docs/sweep.md, round 18)
-    small = {"prepare": {**stacked["prepare"], "stacked_n": 1000}}
-    assert parse_params(small).train.clusters == 40  # never more clusters than its ~900 training stacks
-    assert parse_params({**stacked, "train": {"clusters": 256}}).train.clusters == 256
-    assert parse_params({**stacked, "train": {"clusters": 0}}).train.clusters == 0
-    assert parse_params({}).train.clusters == "auto"
+    def count(n_images: int, source: str = "stacked-mnist", **train) -> int:
+        params = parse_params({"prepare": {"source": source, "channels": 3}, "train": train})
+        stacks = ImageSet(np.zeros((n_images, 3, 28, 28), np.uint8), np.zeros(n_images, np.int64), [str(i) for i in range(1000)])
+        return cluster_count(params.train, stacks, params.prepare.source)
+
+    assert count(23040) == 1000  # the default's training stacks (docs/sweep.md, round 18)
+    assert count(900) == 39  # stacked_n 1,000: never more clusters than its training stacks
+    assert count(23040, clusters=256) == 256 and count(23040, clusters=0) == 0
+    assert count(23040, arch="seed") == 0  # an arch without classes trains unclustered under auto
+    assert clusters.auto_count(23040, 1000) == 256  # elsewhere: one per 90

@@ -191,12 +191,19 @@ class Levers:
 
     def load_optimizer(self, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Load an optimiser's state but keep this run's levers: a checkpoint's param groups carry the
-        fused/capturable flags of the process that saved it (a graphed GPU run, say)."""
+        fused/capturable flags of the process that saved it (a graphed GPU run, say), and its moments the
+        memory layout of that run's weights (NCHW or NHWC), which fused Adam, walking weights and moments by
+        memory position, would pair element for element with this run's: each moment takes its weight's layout."""
         levers = [{k: g[k] for k in ("fused", "capturable", "foreach") if k in g} for g in opt.param_groups]
         opt.load_state_dict(state)
         for group, keep in zip(opt.param_groups, levers):
             group.update(keep)
             group["lr"] = float(group["lr"])  # a graphed run saves it as a device tensor
+            for p in group["params"]:
+                moments = opt.state.get(p, {})
+                for k, v in moments.items():
+                    if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                        moments[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
     def autocast(self) -> ContextManager:
         """bf16 autocast when on (its weight cache off under graphs, which replay without it)."""
@@ -226,7 +233,7 @@ def levers(cfg: TrainConfig, dist: Dist = SINGLE, device: torch.device | None = 
     device = device_for(dist, device if device is not None else select_device(cfg.device))
     graph, reason = graph_decision(cfg.cuda_graph, device, dist, cfg.compile)
     bf16, why = bf16_decision(cfg.autocast, device)
-    nhwc, layout = channels_last_decision(cfg.channels_last, device, bf16)
+    nhwc, layout = channels_last_decision(cfg.channels_last, device, bf16, dist.active, cfg.compile)
     return Levers(device, dist, nhwc, cfg.compile, cfg.cuda_graph, graph, reason, bf16=bf16,
                   precision=f"train.autocast {cfg.autocast}: {why}; train.channels_last {cfg.channels_last}: {layout}")
 
@@ -253,15 +260,20 @@ def bf16_decision(setting: str, device: torch.device) -> tuple[bool, str]:
     return False, "float32 (the CPU has no native bf16: AVX512-BF16 or AMX)"
 
 
-def channels_last_decision(setting: str | bool, device: torch.device, bf16: bool) -> tuple[bool, str]:
+def channels_last_decision(setting: str | bool, device: torch.device, bf16: bool, ddp: bool = False,
+                           compiled: bool = False) -> tuple[bool, str]:
     """(NHWC layout for both nets?, why) from train.channels_last. auto: on for a bf16 step on a CPU with AMX,
     whose bf16 convolutions are NHWC kernels (1.03-1.06x on 1-channel 28 px, 1.29x on StackedMNIST, 1.15x / 1.53x
-    on RGB 32 / 64 px: docs/performance.md); off elsewhere (unmeasured on CPUs without AMX, slower eager on CUDA)."""
+    on RGB 32 / 64 px: docs/performance.md); off elsewhere: on CPUs without AMX and on CUDA it is unmeasured as
+    a layout alone, under DDP every rank must agree (a host without AMX would not), and torch.compile failed
+    with NHWC on CUDA (a stride assert)."""
     if setting != "auto":
         return bool(setting), "NHWC" if setting else "NCHW"
-    if bf16 and device.type == "cpu" and torch.cpu._is_amx_tile_supported():
-        return True, "NHWC (a bf16 step on a CPU with AMX)"
-    return False, "NCHW"
+    if not (bf16 and device.type == "cpu" and torch.cpu._is_amx_tile_supported()):
+        return False, "NCHW"
+    if ddp or compiled:
+        return False, f"NCHW (auto keeps it under {'DDP' if ddp else 'train.compile'})"
+    return True, "NHWC (a bf16 step on a CPU with AMX)"
 
 
 def graph_decision(setting: str, device: torch.device, dist: Dist, compiled: bool) -> tuple[bool, str]:

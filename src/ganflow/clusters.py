@@ -16,13 +16,15 @@ from ganflow import GanflowError
 from ganflow.pixels import to_float
 
 IMAGES_PER_CLUSTER = 90  # train.clusters auto: one cluster per this many training images (docs/sweep.md, round 16)
+STACKED_IMAGES_PER_CLUSTER = 23  # on stacked-mnist: 23,040 training stacks -> 1,000 clusters (docs/sweep.md, round 18)
 SIDE = 8  # k-means sees the images area-averaged by the smallest whole factor that brings them to at most this side
 
 
-def auto_count(n_images: int, most: int) -> int:
-    """train.clusters auto: one cluster per IMAGES_PER_CLUSTER training images (unconditional mnist-5k's
-    4,500: 50; StackedMNIST's 23,040: 256), at most `most`; 0 (off) where that leaves fewer than 2."""
-    k = min(most, n_images // IMAGES_PER_CLUSTER)
+def auto_count(n_images: int, most: int, per: int = IMAGES_PER_CLUSTER) -> int:
+    """train.clusters auto: one cluster per `per` training images (unconditional mnist-5k's 4,500: 50; on
+    stacked-mnist one per STACKED_IMAGES_PER_CLUSTER, its 23,040: 1,000), at most `most`; 0 (off) where that
+    leaves fewer than 2."""
+    k = min(most, n_images // per)
     return k if k >= 2 else 0
 
 

@@ -96,7 +96,6 @@ def _one_of(names: Callable[[], list[str]] | tuple[str, ...]):
 
 STACKED_SOURCE = "stacked-mnist"  # the mode-coverage benchmark's data (ganflow.stacked)
 SAMPLES, STACKED_SAMPLES = 5000, 26_000  # sample.n auto: the default; on stacked-mnist, the published protocol's (ganflow.stacked)
-STACKED_STACKS_PER_CLUSTER = 25  # train.clusters auto on stacked-mnist: one per 25 stacks built (25,600: 1,000; docs/sweep.md, round 18)
 
 
 class PrepareConfig(_Section):
@@ -181,7 +180,7 @@ class TrainConfig(_Section):
         "auto", description="class-conditional G (conditional BN) and D (projection): auto (when the data has labels and the arch takes classes) | true | false"
     )
     clusters: Literal["auto"] | Annotated[int, Field(ge=0, le=MAX_CLUSTERS)] = Field(
-        "auto", description="self-conditioning when training without labels: G and D conditioned on k-means clusters of the training images, sampled in the clusters' shares (Liu et al. 2020); auto: one per 90 training images, at most 1,000 (stacked-mnist: one per 25 stacks, 1,000 at its default size) | K | 0 (off)"
+        "auto", description="self-conditioning when training without labels: G and D conditioned on k-means clusters of the training images, sampled in the clusters' shares (Liu et al. 2020); auto: one per 90 training images, at most 1,000 (stacked-mnist: one per 23, 1,000 at its default size) | K | 0 (off)"
     )
     lr_decay: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.0, description="fraction of the last steps over which both learning rates fall linearly to 0 (0: constant)"
@@ -366,10 +365,8 @@ class Params(_Section):
     @classmethod
     def _stacked_protocol(cls, raw: Any) -> Any:
         """The StackedMNIST benchmark trains unconditionally (its protocol): there train.conditional
-        auto resolves to false, and true is refused. train.clusters auto resolves to one per
-        STACKED_STACKS_PER_CLUSTER stacks there (at most 1,000): 1,000 clusters lowered its KL beyond the seed
-        spread, where 256 (one per 90 training stacks, the rule elsewhere) did not (docs/sweep.md, rounds 16
-        and 18). sample.n auto resolves here too."""
+        auto resolves to false, and true is refused (train.clusters auto self-conditions it on one
+        cluster per 23 training stacks: gan_step.cluster_count). sample.n auto resolves here too."""
         if not isinstance(raw, dict):
             return raw
         stacked = _value(raw.get("prepare"), "source", None) == STACKED_SOURCE
@@ -382,11 +379,9 @@ class Params(_Section):
         conditional = _value(train, "conditional", "auto")
         if conditional is True:
             raise ValueError(f"train.conditional is true, but prepare.source {STACKED_SOURCE} is benchmarked unconditionally: use auto or false")
-        auto = {"conditional": False} if conditional == "auto" else {}
-        if _value(train, "clusters", "auto") == "auto":
-            n = _value(raw.get("prepare"), "stacked_n", PrepareConfig.model_fields["stacked_n"].default)
-            auto["clusters"] = min(MAX_CLUSTERS, n // STACKED_STACKS_PER_CLUSTER) if isinstance(n, int) else "auto"
-        return {**raw, "train": {**_as_dict(train), **auto}} if auto else raw
+        if conditional != "auto":
+            return raw
+        return {**raw, "train": {**_as_dict(train), "conditional": False}}
 
 
 def _as_dict(section: Any) -> dict:

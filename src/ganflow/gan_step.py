@@ -62,10 +62,11 @@ def n_classes(cfg: TrainConfig, data: ImageSet) -> int:
     return len(data.classes) if on else 0
 
 
-def cluster_count(cfg: TrainConfig, data: ImageSet) -> int:
+def cluster_count(cfg: TrainConfig, data: ImageSet, source: str = "") -> int:
     """The self-conditioning clusters (train.clusters resolved; 0: none): only where the nets train without
-    labels. auto: one per clusters.IMAGES_PER_CLUSTER images, none for an arch without classes."""
-    from ganflow.config import MAX_CLUSTERS
+    labels. auto: one per clusters.IMAGES_PER_CLUSTER images (from prepare.source stacked-mnist: one per
+    clusters.STACKED_IMAGES_PER_CLUSTER), none for an arch without classes."""
+    from ganflow.config import MAX_CLUSTERS, STACKED_SOURCE
 
     if n_classes(cfg, data) or cfg.clusters == 0:
         return 0
@@ -73,7 +74,10 @@ def cluster_count(cfg: TrainConfig, data: ImageSet) -> int:
         if cfg.clusters == "auto":
             return 0
         raise GanflowError(f"train.clusters is {cfg.clusters}, but arch {cfg.arch} takes no classes: use auto or 0")
-    return clusters.auto_count(len(data.images), MAX_CLUSTERS) if cfg.clusters == "auto" else cfg.clusters
+    if cfg.clusters != "auto":
+        return cfg.clusters
+    per = clusters.STACKED_IMAGES_PER_CLUSTER if source == STACKED_SOURCE else clusters.IMAGES_PER_CLUSTER
+    return clusters.auto_count(len(data.images), MAX_CLUSTERS, per)
 
 
 class GanStep:

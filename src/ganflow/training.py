@@ -84,7 +84,7 @@ class Trainer:
         """The step (nets from torch's global RNG, which the stage seeds) on `device` (None: from
         train.device) and its checkpoint state. `code`: hash of the training code for the fingerprint."""
         self.params, self.cfg, self.dist = params, params.train, dist
-        clustered, k = None, cluster_count(self.cfg, data)  # every rank resolves it (and raises) alike
+        clustered, k = None, cluster_count(self.cfg, data, params.prepare.source)  # every rank resolves it (and raises) alike
         if k:  # self-conditioning: the clusters are fitted once, on rank 0, and every rank trains on those
             t0 = time.perf_counter()
             clustered = gather(clusters.kmeans(data.images, k, params.seed) if dist.main else None, dist)[0], k
