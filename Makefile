@@ -39,7 +39,7 @@ QUICK := evaluator.epochs=1 train.steps=300 train.resume=false train.eval_every=
 quick: setup
 	OMP_NUM_THREADS=$(QUICK_THREADS) $(BIN)/dvc exp run --temp $(addprefix -S ,$(QUICK) $(S))
 
-# everything, as CI runs it (22 min measured here at load 1.3–2; the last CI run: 21 min)
+# everything, as CI runs it (22 min on the AMD EPYC, 32 min on a slower Intel Xeon; the last CI run: 24 min)
 test: setup
 	$(BIN)/pytest
 
