@@ -13,22 +13,15 @@ DIR holds data/prepared and models/evaluator.pt made with that data's params (as
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 
 from ganflow.data import ImageSet
-from sweep import DATA, calibrate, training_split
+from sweep import DATA, calibrate, step_bench_parser, training_split
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--project", type=Path, help="a project with data/prepared and models/evaluator.pt")
-    ap.add_argument("--data", choices=sorted(DATA), default="params")
-    ap.add_argument("--rgb", type=int, choices=(32, 64, 128), help="instead: 4,500 random RGB images of this side")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap = step_bench_parser(__doc__, project_required=False)
+    ap.add_argument("--rgb", type=int, choices=(32, 64, 128), help="instead of --project: 4,500 random RGB images of this side")
     a = ap.parse_args()
     if a.rgb:
         images = ImageSet(np.random.default_rng(0).integers(0, 256, (4500, 3, a.rgb, a.rgb), dtype=np.uint8), None, [])

@@ -198,14 +198,18 @@ def interleaved(timers: dict, rounds: int, seconds: float) -> dict:
     return {key: statistics.median(v) for key, v in samples.items()}
 
 
-def step_bench_args(doc: str) -> argparse.Namespace:
-    """The command line of the step benches (bench/autocast.py, bench/step_levers.py)."""
+def step_bench_parser(doc: str, project_required: bool = True) -> argparse.ArgumentParser:
+    """The command line of the step benches (bench/autocast.py, step_levers.py, compile.py, layout.py)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--project", type=Path, required=True)
+    ap.add_argument("--project", type=Path, required=project_required, help="a project with data/prepared and models/evaluator.pt")
     ap.add_argument("--data", choices=sorted(DATA), default="params")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3.0)
-    return ap.parse_args()
+    return ap
+
+
+def step_bench_args(doc: str) -> argparse.Namespace:
+    return step_bench_parser(doc).parse_args()
 
 
 def training_split(project: Path = ROOT):
