@@ -21,7 +21,9 @@ def test_fresh_clone_pulls_results_and_experiments(tmp_path):
     alice, bob, team_git = tmp_path / "alice", tmp_path / "bob", tmp_path / "team.git"
     storage = tmp_path / "ganflow-storage"  # .dvc/config's url ~/ganflow-storage, with both on one machine
     env = make_project(alice) | {"HOME": str(tmp_path)}
-    assert dvc(alice, env, "remote", "list").stdout.split() == ["storage", str(storage), "(default)"]
+    # wide enough that dvc's table never wraps the path (pytest-xdist's temp paths are longer)
+    listed = dvc(alice, env | {"COLUMNS": "1000"}, "remote", "list").stdout.split()
+    assert listed == ["storage", str(storage), "(default)"]
 
     # the first run needs no remote (there is none yet on disk)
     dvc(alice, env, "repro")
