@@ -8,12 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import TINY_TRAIN, killed_then_resumed, paths, train
 from ganflow import GanflowError, accel, losses
 from ganflow.config import ConfigError, parse_params
 from ganflow.generator import serving_model
-from ganflow.nets import CondBatchNorm
+from ganflow.nets import CondBatchNorm, NetConfig, build
 from ganflow.training import Trainer
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -140,6 +141,47 @@ def test_resumed_adam_moments_take_their_weights_layout():
         opt.step()
     assert b.weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(a.weight, b.weight, rtol=0, atol=1e-7) and torch.allclose(a.bias, b.bias, rtol=0, atol=1e-7)
+
+
+class Layouts(TorchDispatchMode):
+    """Records, per op, whether its tensors are NHWC (channels-last contiguous): each convolution's input and
+    weight, each elementwise activation backward's gradient and saved activation."""
+
+    OPS = {torch.ops.aten.convolution.default: "conv", torch.ops.aten.threshold_backward.default: "relu",
+           torch.ops.aten.leaky_relu_backward.default: "leaky_relu"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:
+            self.seen.append((self.OPS[func], *(a.is_contiguous(memory_format=torch.channels_last) for a in args[:2])))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "sngan"])
+def test_nhwc_nets_keep_one_layout_forward_and_backward(arch):
+    """Under train.channels_last, no convolution reads an NCHW input with NHWC weights (G's reshaped stem) and no
+    activation backward meets a gradient in another layout than its activation (D's head flattens and sums its
+    map): either runs a slow path (~18x for the elementwise backward on a CPU). R1's double backward too, less
+    its convolutions (autograd's own, on transposed tensors)."""
+    cfg = NetConfig(resolution=28, channels=3, z_dim=16, width=8, n_classes=10)
+    G, D = build(arch, cfg)
+    accel.Levers(torch.device("cpu"), channels_last=True).place(G, D)
+    y = torch.arange(8) % 10
+    reals = torch.rand(8, 3, 28, 28).to(memory_format=torch.channels_last).requires_grad_(True)
+    with Layouts() as step:
+        D(G(torch.randn(8, 16), y), y).mean().backward()
+    with Layouts() as r1:
+        (grad,) = torch.autograd.grad(D(reals, y).sum(), reals, create_graph=True)
+        grad.square().sum().backward()
+    d_activation = {"dcgan": "leaky_relu", "sngan": "relu"}[arch]  # G's is ReLU
+    assert {kind for kind, *_ in step.seen} == {"conv", "relu", d_activation}
+    assert all(a and b for _, a, b in step.seen), sorted(set(step.seen))
+    r1_activations = [seen for seen in r1.seen if seen[0] != "conv"]
+    assert {kind for kind, *_ in r1_activations} == {d_activation}
+    assert all(a and b for _, a, b in r1_activations), sorted(set(r1_activations))
 
 
 @pytest.mark.parametrize("mode, dtype", [("off", torch.float32), ("bf16", torch.bfloat16)])

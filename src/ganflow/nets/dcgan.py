@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganflow.nets import ARCHS, CondBatchNorm, NetConfig, Projection, check_shape, d_norms, sn, up_plan
+from ganflow.nets import ARCHS, CondBatchNorm, NetConfig, Projection, check_shape, d_norms, like_weight, sn, up_plan
 
 
 class Generator(nn.Module):
@@ -29,7 +29,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         check_shape(z, [None, self.cfg.z_dim], "dcgan G input z")
-        h = self.stem(z).view(-1, self.ch, self.base, self.base)
+        h = like_weight(self.stem(z).view(-1, self.ch, self.base, self.base), self.ups[0].weight)
         h = torch.relu(self.stem_bn(h, y))
         for up, bn in zip(self.ups, self.bns):
             h = torch.relu(bn(up(h), y))

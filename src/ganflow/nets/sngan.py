@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganflow.nets import ARCHS, CondBatchNorm, NetConfig, Projection, check_shape, sn, up_plan
+from ganflow.nets import ARCHS, CondBatchNorm, NetConfig, Projection, check_shape, like_weight, nhwc_grad, sn, up_plan
 
 
 class UpBlock(nn.Module):
@@ -52,7 +52,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         check_shape(z, [None, self.cfg.z_dim], "sngan G input z")
-        h = self.stem(z).view(-1, self.ch, self.base, self.base)
+        h = like_weight(self.stem(z).view(-1, self.ch, self.base, self.base), self.out.weight)
         for block in self.blocks:
             h = block(h, y)
         return torch.tanh(self.out(torch.relu(self.bn(h))))
@@ -70,7 +70,7 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         r = self.cfg.resolution
         check_shape(x, [None, self.cfg.channels, r, r], "sngan D input")
-        h = torch.relu(self.blocks(x)).sum(dim=(2, 3))  # global sum pooling
+        h = nhwc_grad(torch.relu(self.blocks(x))).sum(dim=(2, 3))  # global sum pooling
         return self.head(h, y)
 
 
