@@ -39,10 +39,10 @@ QUICK := evaluator.epochs=1 train.steps=300 train.resume=false train.eval_every=
 quick: setup
 	OMP_NUM_THREADS=$(QUICK_THREADS) $(BIN)/dvc exp run --temp $(addprefix -S ,$(QUICK) $(S))
 
-# everything, as CI runs it: one pytest-xdist worker per core, each on one thread (tests/conftest.py), handed
+# everything, as CI runs it: one pytest-xdist worker per logical CPU, each on one thread (tests/conftest.py), handed
 # tests as they free up (worksteal: the slowest take minutes). 20 min on a 2-core Intel Xeon (32 min serially)
 test: setup
-	$(BIN)/pytest -n auto --dist worksteal
+	$(BIN)/pytest -n logical --dist worksteal
 
 # the unit tier: quick in-process tests (tests/conftest.py; under a minute on 2 cores)
 test-fast: setup
