@@ -14,8 +14,8 @@ os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@ganflow.invalid")
 os.environ.setdefault("GIT_COMMITTER_NAME", "ganflow tests")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@ganflow.invalid")
 
-# `make test` runs two pytest-xdist workers: each of them, and every process it starts, computes on one thread
-# (two workers on torch's default threads would oversubscribe a 2-core machine, which slows training 5-10x)
+# `make test` runs a pytest-xdist worker per CPU: each of them, and every process it starts, computes on one thread
+# (workers on torch's default threads would oversubscribe the machine, which slows training 5-10x)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
