@@ -39,6 +39,7 @@ from ganflow import evaluator, stacked  # noqa: E402
 from ganflow.config import STACKED_SOURCE  # noqa: E402
 from ganflow.evaluation import evaluate  # noqa: E402
 from ganflow.sampling import generate  # noqa: E402
+from ganflow.train_state import depends_on_steps  # noqa: E402
 from ganflow.training import Trainer, evaluating, training_set  # noqa: E402
 
 EXPERIMENT = "sweep"
@@ -226,30 +227,43 @@ def screen(a: argparse.Namespace) -> None:
     ds, meta = data.load_prepared(project / "data" / "prepared")
     images = training_split(project)
     sets = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.sets)}
+    score_at = sorted(set(a.score_at or []) | {a.steps})
+    if score_at[0] < 1 or score_at[-1] > a.steps:
+        raise SystemExit(f"--score-at takes steps from 1 to --steps ({a.steps})")
     for seed in a.seeds:
         for name in a.only.split(","):
             overrides = {**DATA[a.data], **CANDIDATES[name], **sets, "train.steps": a.steps, "seed": seed}
             params = parse_params(params_with(overrides))
+            if len(score_at) > 1 and depends_on_steps(params.train):
+                raise SystemExit(f"{name}: --score-at needs a run whose steps do not depend on train.steps (lr_decay 0, "
+                                 "gamma_schedule constant), so that step k of it is step k of a k-step run")
             accel.seed_everything(seed, torch.device("cpu"))
             gs = Trainer(params, images, "screen").gs
-            t0 = time.perf_counter()
-            for i in range(a.steps):
-                gs.advance(i)
-            seconds = time.perf_counter() - t0
-            with evaluating(gs.G_eval) as G:
-                fakes = generate(G, params.sample.seed, 0, params.sample.n)
-            row = {"data": a.data, "name": name, "seed": seed, "steps": a.steps, "train_seconds": round(seconds, 1)}
-            if meta.get("source") == STACKED_SOURCE or DATA[a.data].get("prepare.source") == STACKED_SOURCE:
-                classifier, _ = evaluator.load(project / "models" / "evaluator.pt")
-                modes, kl = stacked.mode_stats(evaluator.predict(classifier, fakes.numpy()))
-                row |= {stacked.KEY_MODES: modes, stacked.KEY_KL: round(kl, 4)}
-            else:
-                cfg = params.evaluate.model_copy(update={"bootstrap": 0, "inception": "off", "cas": "off"})
-                r = evaluate(list(fakes), ds, project / "models" / "evaluator.pt", None, cfg, torch.device("cpu")).results
-                row |= {k: round(r[f"{k}_classifier"], 4) for k in ("fid", "precision", "recall", "coverage")}
-            print(json.dumps(row), flush=True)
-            with SCREEN.open("a") as f:
-                f.write(json.dumps(row | {"overrides": {k: v for k, v in overrides.items() if k != "seed"}}) + "\n")
+            done, trained = 0, 0.0
+            for stop in score_at:
+                t0 = time.perf_counter()
+                for i in range(done, stop):
+                    gs.advance(i)
+                done, trained = stop, trained + time.perf_counter() - t0
+                row = {"data": a.data, "name": name, "seed": seed, "steps": stop, "train_seconds": round(trained, 1)}
+                row |= screen_scores(gs, params, project, ds, meta, a.data)
+                print(json.dumps(row), flush=True)
+                with SCREEN.open("a") as f:
+                    f.write(json.dumps(row | {"overrides": {k: v for k, v in overrides.items() if k != "seed"} | {"train.steps": stop}}) + "\n")
+
+
+def screen_scores(gs, params, project: Path, ds, meta: dict, data_name: str) -> dict:
+    """The screen's scores of the EMA generator now: StackedMNIST's modes and KL on sample.n samples, or the
+    classifier-space FID, precision, recall and coverage."""
+    with evaluating(gs.G_eval) as G:
+        fakes = generate(G, params.sample.seed, 0, params.sample.n)
+    if meta.get("source") == STACKED_SOURCE or DATA[data_name].get("prepare.source") == STACKED_SOURCE:
+        classifier, _ = evaluator.load(project / "models" / "evaluator.pt")
+        modes, kl = stacked.mode_stats(evaluator.predict(classifier, fakes.numpy()))
+        return {stacked.KEY_MODES: modes, stacked.KEY_KL: round(kl, 4)}
+    cfg = params.evaluate.model_copy(update={"bootstrap": 0, "inception": "off", "cas": "off"})
+    r = evaluate(list(fakes), ds, project / "models" / "evaluator.pt", None, cfg, torch.device("cpu")).results
+    return {k: round(r[f"{k}_classifier"], 4) for k in ("fid", "precision", "recall", "coverage")}
 
 
 def dvc(*args: str) -> str:
@@ -329,6 +343,8 @@ def main() -> None:
     sc.add_argument("--steps", type=int, default=1000)
     sc.add_argument("--threads", type=int, default=1)
     sc.add_argument("--seeds", type=int, nargs="+", default=[0])
+    sc.add_argument("--score-at", type=int, nargs="+", help="also score at these steps, one run (a row each; "
+                    "only for runs whose schedule does not depend on train.steps)")
     sc.add_argument("-S", dest="sets", action="append", default=[], help="override for every candidate, KEY=VALUE")
     r = sub.add_parser("report", help="the table of one sweep, read from MLflow")
     r.add_argument("--prefix", default="sweep")

@@ -388,6 +388,23 @@ def test_more_steps_start_afresh_when_the_learning_rate_decays(mnist, tmp_path):
     assert train(mnist, tmp_path / "const", steps=20).resumed_step == 10
 
 
+
+@pytest.mark.parametrize("knobs, same", [({}, True), ({"lr_decay": 0.5}, False), ({"gamma_schedule": "cosine"}, False)])
+def test_step_k_of_a_longer_run_is_step_k_of_a_k_step_run_unless_it_depends_on_steps(mnist, knobs, same):
+    """What resuming with more steps and `bench/sweep.py screen --score-at` rely on (train_state.depends_on_steps)."""
+    from ganflow.train_state import depends_on_steps
+
+    weights = []
+    for steps in (6, 12):
+        params = parse_params({"train": {**TINY_TRAIN, "steps": steps, "r1_every": 4, **knobs}})
+        accel.seed_everything(params.seed, torch.device("cpu"))
+        gs = Trainer(params, mnist, "sha-test").gs
+        for i in range(6):
+            gs.advance(i)
+        weights.append(torch.cat([p.detach().flatten() for p in gs.G_eval.parameters()]))
+    assert depends_on_steps(params.train) is not same
+    assert torch.equal(*weights) is same
+
 # -- CUDA only ------------------------------------------------------------------------------------
 ARCH_LOSS = [("seed", "non-saturating", "none", {}), ("dcgan", "hinge", "spectral", {}),
              ("dcgan", "non-saturating", "batch", {}), ("dcgan", "wgan-gp", "none", {}),

@@ -25,7 +25,7 @@ from ganflow.gan_step import GanStep
 from ganflow.generator import serving_model
 
 if TYPE_CHECKING:
-    from ganflow.config import Params
+    from ganflow.config import Params, TrainConfig
 
 log = logging.getLogger("ganflow.train")
 
@@ -39,12 +39,16 @@ NOT_FINGERPRINTED = {
 KEEP_SET_ASIDE = 3  # set-aside checkpoints kept beside the live one (the oldest beyond this are deleted)
 
 
+def depends_on_steps(train: TrainConfig) -> bool:
+    """Whether every step depends on train.steps (a decaying learning rate or penalty weight): then a run
+    with more steps starts afresh, and step k of a longer run is not step k of a k-step one."""
+    return bool(train.lr_decay) or train.gamma_schedule != "constant"
+
+
 def fingerprint(params: Params, data_sha256: str, world_size: int = 1, code: str | None = None) -> dict[str, Any]:
     """Everything that defines the model and its optimisation; a checkpoint is resumed only if this
     matches. `code`: the hash of the training code (default: the closure of this module)."""
-    # a decaying learning rate or penalty weight makes every step depend on train.steps: then more steps start afresh
-    by_steps = params.train.lr_decay or params.train.gamma_schedule != "constant"
-    train = params.train.model_dump(exclude=NOT_FINGERPRINTED - ({"steps"} if by_steps else set()))
+    train = params.train.model_dump(exclude=NOT_FINGERPRINTED - ({"steps"} if depends_on_steps(params.train) else set()))
     return {"seed": params.seed, "data_sha256": data_sha256, "code": code or deps.code_hash(__file__),
             "world_size": world_size, **{f"train.{k}": v for k, v in train.items()}}
 
