@@ -12,6 +12,7 @@ runs back from MLflow (training and evaluation runs of the same DVC experiment) 
     dvc queue start -j 1   (or: python bench/sweep.py queue ... --start, which also waits)
     python bench/sweep.py report [--prefix s1]
     python bench/sweep.py screen --data stacked --project /tmp/p --only base,rp-r1r2 --steps 1500 -S sample.n=5000
+    python bench/sweep.py screen --data stacked --project /tmp/p --only base --steps 80000 --score-at 10000 40000
 
 The sweep's runs register no model (tracking.registered_model=null) and never resume (train.resume=false).
 """
@@ -221,7 +222,8 @@ def training_split(project: Path = ROOT):
 def screen(a: argparse.Namespace) -> None:
     """A quick in-process screen (no DVC, no MLflow): each candidate trained for --steps on the project's
     prepared data with one thread, then scored on sample.n samples: StackedMNIST's modes and KL, or the
-    classifier-space FID, precision and recall. One JSON line per candidate is appended to SCREEN."""
+    classifier-space FID, precision and recall. One JSON line per candidate is appended to SCREEN, and one
+    per --score-at step count that the same run passes on its way to --steps."""
     torch.set_num_threads(a.threads)  # two busy threads on a loaded 2-core machine run 5-25x slower than one
     project = Path(a.project).resolve()
     ds, meta = data.load_prepared(project / "data" / "prepared")

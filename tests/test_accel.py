@@ -388,7 +388,6 @@ def test_more_steps_start_afresh_when_the_learning_rate_decays(mnist, tmp_path):
     assert train(mnist, tmp_path / "const", steps=20).resumed_step == 10
 
 
-
 @pytest.mark.parametrize("knobs, same", [({}, True), ({"lr_decay": 0.5}, False), ({"gamma_schedule": "cosine"}, False)])
 def test_step_k_of_a_longer_run_is_step_k_of_a_k_step_run_unless_it_depends_on_steps(mnist, knobs, same):
     """What resuming with more steps and `bench/sweep.py screen --score-at` rely on (train_state.depends_on_steps)."""
@@ -404,6 +403,7 @@ def test_step_k_of_a_longer_run_is_step_k_of_a_k_step_run_unless_it_depends_on_s
         weights.append(torch.cat([p.detach().flatten() for p in gs.G_eval.parameters()]))
     assert depends_on_steps(params.train) is not same
     assert torch.equal(*weights) is same
+
 
 # -- CUDA only ------------------------------------------------------------------------------------
 ARCH_LOSS = [("seed", "non-saturating", "none", {}), ("dcgan", "hinge", "spectral", {}),
