@@ -232,6 +232,9 @@ def screen(a: argparse.Namespace) -> None:
     score_at = sorted(set(a.score_at or []) | {a.steps})
     if score_at[0] < 1 or score_at[-1] > a.steps:
         raise SystemExit(f"--score-at takes steps from 1 to --steps ({a.steps})")
+    weights = project / "models" / "evaluator.pt"
+    stacked_data = meta.get("source") == STACKED_SOURCE or DATA[a.data].get("prepare.source") == STACKED_SOURCE
+    classifier = evaluator.load(weights)[0] if stacked_data else None
     for seed in a.seeds:
         for name in a.only.split(","):
             overrides = {**DATA[a.data], **CANDIDATES[name], **sets, "train.steps": a.steps, "seed": seed}
@@ -248,23 +251,22 @@ def screen(a: argparse.Namespace) -> None:
                     gs.advance(i)
                 done, trained = stop, trained + time.perf_counter() - t0
                 row = {"data": a.data, "name": name, "seed": seed, "steps": stop, "train_seconds": round(trained, 1)}
-                row |= screen_scores(gs, params, project, ds, meta, a.data)
+                row |= screen_scores(gs.G_eval, params, classifier, ds, weights)
                 print(json.dumps(row), flush=True)
                 with SCREEN.open("a") as f:
                     f.write(json.dumps(row | {"overrides": {k: v for k, v in overrides.items() if k != "seed"} | {"train.steps": stop}}) + "\n")
 
 
-def screen_scores(gs, params, project: Path, ds, meta: dict, data_name: str) -> dict:
-    """The screen's scores of the EMA generator now: StackedMNIST's modes and KL on sample.n samples, or the
-    classifier-space FID, precision, recall and coverage."""
-    with evaluating(gs.G_eval) as G:
+def screen_scores(G_eval, params, classifier, ds, weights: Path) -> dict:
+    """The screen's scores of the EMA generator now: with the digit `classifier` (StackedMNIST), modes and KL
+    on sample.n samples; else the classifier-space FID, precision, recall and coverage."""
+    with evaluating(G_eval) as G:
         fakes = generate(G, params.sample.seed, 0, params.sample.n)
-    if meta.get("source") == STACKED_SOURCE or DATA[data_name].get("prepare.source") == STACKED_SOURCE:
-        classifier, _ = evaluator.load(project / "models" / "evaluator.pt")
+    if classifier is not None:
         modes, kl = stacked.mode_stats(evaluator.predict(classifier, fakes.numpy()))
         return {stacked.KEY_MODES: modes, stacked.KEY_KL: round(kl, 4)}
     cfg = params.evaluate.model_copy(update={"bootstrap": 0, "inception": "off", "cas": "off"})
-    r = evaluate(list(fakes), ds, project / "models" / "evaluator.pt", None, cfg, torch.device("cpu")).results
+    r = evaluate(list(fakes), ds, weights, None, cfg, torch.device("cpu")).results
     return {k: round(r[f"{k}_classifier"], 4) for k in ("fid", "precision", "recall", "coverage")}
 
 
