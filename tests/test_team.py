@@ -51,6 +51,19 @@ def test_runs_lists_names_params_and_scores(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["run", "id", "name"]
     assert t.run_id[:12] in out[1] and "lr_g=0.0008" in out[1] and "dcgan" in out[1] and "12.35" in out[1]
+    assert "fid_simclr" not in out[0]  # a space no listed run was scored in gets no column
+
+
+def test_runs_shows_the_scores_of_unlabelled_runs_in_their_own_space(tmp_path, capsys):
+    """A run scored only in the label-free space (an image folder without classes) shows its scores too."""
+    t = tracking.Tracker(TrackingConfig())
+    t.start(name="faces")
+    t.log_metrics({"fid_simclr": 7.891, "precision_simclr": 0.612, "n_samples": 5000})
+    t.end()
+    main(["runs", "--params", str(ROOT / "params.yaml")])
+    head, row = capsys.readouterr().out.splitlines()[:2]
+    assert head.split()[-3:] == ["fid_simclr", "precision_simclr", "n_samples"] and "fid_classifier" not in head
+    assert row.split()[-3:] == ["7.891", "0.612", "5000"]
 
 
 @pytest.mark.stage

@@ -23,7 +23,8 @@ from typing import Callable
 from ganflow import GanflowError, __version__
 
 RUN_PARAMS = ("train.arch", "train.loss", "train.steps", "train.lr_g", "train.lr_d", "sample.n")
-RUN_SCORES = ("fid_classifier", "is_classifier", "precision_classifier", "recall_classifier", "n_samples")
+RUN_SCORES = ("fid", "is", "precision", "recall")  # each in every feature space some listed run was scored in
+RUN_SPACES = ("classifier", "simclr", "inception")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,10 +113,12 @@ def list_runs(a) -> None:
         own, trained = versions.get(r.info.run_id), versions.get(r.data.tags.get(TAG_TRAIN_RUN, ""))
         return own or (f"(of {trained.split()[0]})" if trained else "")
 
-    head = ["run id", "name", "dvc exp", "version", "status", *(p.split(".")[1] for p in RUN_PARAMS), *RUN_SCORES]
+    logged = {m for r in runs for m in r.data.metrics}
+    scores = [m for m in (f"{s}_{space}" for space in RUN_SPACES for s in RUN_SCORES) if m in logged] + ["n_samples"]
+    head = ["run id", "name", "dvc exp", "version", "status", *(p.split(".")[1] for p in RUN_PARAMS), *scores]
     rows = [[r.info.run_id[:12], (r.info.run_name or "")[:40], r.data.tags.get(TAG_DVC_EXP, "-"), version(r) or "-", r.info.status,
              *(r.data.params.get(p, "") for p in RUN_PARAMS),
-             *(f"{r.data.metrics[m]:.4g}" if m in r.data.metrics else "" for m in RUN_SCORES)] for r in runs]
+             *(f"{r.data.metrics[m]:.4g}" if m in r.data.metrics else "" for m in scores)] for r in runs]
     _table(head, rows)
 
 
