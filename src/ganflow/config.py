@@ -227,7 +227,7 @@ class TrainConfig(_Section):
     sample_every: PosInt = Field(200, description="steps between fixed-noise grids (MLflow; the last is metrics/train_grid.png)")
     checkpoint_every: PosInt = Field(100, description="steps between checkpoints (models/checkpoint.pt, atomic)")
     eval_every: Annotated[int, Field(ge=0)] = Field(
-        1000, description="steps between classifier-FID checks (metrics/fid_curve.tsv) that pick the best G (0: off)"
+        1000, description="steps between FID checks (metrics/fid_curve.tsv: fid_classifier, or fid_simclr without a classifier) that pick the best G (0: off)"
     )
     eval_samples: Annotated[int, Field(ge=MIN_EVAL_SAMPLES, le=50_000)] = Field(1000, description="samples per check")
 
@@ -291,7 +291,7 @@ class EvaluateConfig(_Section):
     feature_extractor_internal_dtype: Literal["float32", "float64"] | None = Field(
         None, description="Inception's internal dtype: float32 (null) | float64"
     )
-    bootstrap: Annotated[int, Field(ge=0, le=10_000)] = Field(200, description="bootstrap resamples for the 95 % interval of fid_classifier (0: none)")
+    bootstrap: Annotated[int, Field(ge=0, le=10_000)] = Field(200, description="bootstrap resamples for the 95 % interval of the FID in the evaluator's spaces (fid_low/high_<space>; 0: none)")
     cas: Literal["auto", "on", "off"] = Field(
         "auto", description="classification accuracy score (trains a classifier on the samples): auto: on CUDA only | on | off"
     )
