@@ -55,13 +55,24 @@ def test_class_sub_folders_still_label(tmp_path):
 @pytest.mark.parametrize("layout, message", [
     ("mixed", "mixes class sub-folders with 2 loose file(s) such as 000.png; the rule: prepare.folder holds either only images"),
     ("deep", "a/b/000.png is 2 folders deep (2 file(s) so); the rule:"),
+    ("one-class", "one class sub-folder (three); labelled data needs at least 2 classes, unlabelled images go in the folder itself"),
+    ("empty-class", "every class needs at least 2 images; too few in b (0)"),  # an empty class folder is a class of none
+    ("not-utf8", "the class folder '\\udcff\\udcfeclass' is not named in UTF-8; rename it"),
 ])
 def test_folder_rule_violations_are_one_line(tmp_path, layout, message):
+    import os
+
     root = tmp_path / layout
     if layout == "mixed":
         folder(folder(root, 2), 3, "a")
-    else:
+    elif layout == "deep":
         folder(folder(root, 3, "a"), 2, "a/b")
+    elif layout == "one-class":
+        folder(root, 3, "three")
+    elif layout == "empty-class":
+        (folder(root, 3, "a") / "b").mkdir()
+    else:
+        folder(folder(root, 3, "a"), 3, os.fsdecode(b"\xff\xfeclass"))
     with pytest.raises(GanflowError) as err:
         prep(root)
     assert str(err.value).startswith(f"prepare.folder {root}: {message}") and "\n" not in str(err.value)

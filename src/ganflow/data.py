@@ -146,13 +146,21 @@ def _folder_layout(root: Path) -> tuple[list[Path], list[str] | None]:
     if deep:
         raise GanflowError(f"prepare.folder {root}: {deep[0].relative_to(root)} is {len(deep[0].relative_to(root).parts) - 1} "
                            f"folders deep ({len(deep)} file(s) so); the rule: {FOLDER_RULE}")
-    subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))  # empty ones too
     loose = [p for p in files if p.parent == root]
     if subdirs and loose:
         raise GanflowError(
             f"prepare.folder {root}: mixes class sub-folders with {len(loose)} loose file(s) such as {loose[0].name}; "
             f"the rule: {FOLDER_RULE}"
         )
+    if len(subdirs) == 1:  # one class: nothing for the classifier to tell apart, its feature space would be void
+        raise GanflowError(f"prepare.folder {root}: one class sub-folder ({subdirs[0]}); labelled data needs at least 2 "
+                           f"classes, unlabelled images go in the folder itself")
+    for name in subdirs:
+        try:
+            name.encode()
+        except UnicodeEncodeError:  # a name of bytes that are not UTF-8: no class name for JSON or MLflow
+            raise GanflowError(f"prepare.folder {root}: the class folder {name!r} is not named in UTF-8; rename it") from None
     return files, (subdirs or None)
 
 
