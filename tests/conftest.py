@@ -309,8 +309,9 @@ def make_project(root: Path, overrides: dict | None = None) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     for name in ("src", "stages"):
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(ROOT / name, root)
+    for name in ("dvc.yaml", ".gitignore", "data/images/.gitkeep"):  # data/images: prepare.folder's default, a dep
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(overrides), sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "TORCH_HOME": str(root / ".torch"), "DVC_NO_ANALYTICS": "1"}

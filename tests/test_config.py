@@ -86,7 +86,7 @@ def test_check_imports_neither_torch_nor_a_registry():
         ({"train": {"augment": ["flip"]}}, "params.yaml: train.augment has unknown policy 'flip'"),
         ({"train": {"betas": [0.5]}}, "params.yaml: train.betas"),
         ({"prepare": {"resolution": 30}}, "params.yaml: prepare.resolution must be 28, 32, 64 or 128 (got 30)"),
-        ({"prepare": {"source": "folder"}}, "params.yaml: prepare.folder must name an image folder"),
+        ({"prepare": {"source": "folder", "folder": ""}}, "params.yaml: prepare.folder string should have at least 1 character"),
         ({"tracking": {"enabled": "yes"}}, "params.yaml: tracking.enabled must be a valid boolean (got 'yes')"),
         ({"evaluate": {"inception": "maybe"}}, "params.yaml: evaluate.inception must be 'auto', 'on' or 'off'"),
     ],

