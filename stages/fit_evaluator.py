@@ -40,6 +40,7 @@ def main(argv: list[str]) -> None:
         print(f"evaluator held-out accuracy {acc:.4f}")
     if "classifier" in spaces:
         model, acc = evaluator.fit(ds.images, ds.labels, len(ds.classes), cfg, params.seed)
+        evaluator.refuse_failed_fit(acc, ds.labels, cfg.holdout, params.seed)
         out |= {"evaluator_accuracy": acc}
         print(f"evaluator held-out accuracy {acc:.4f}")
     if "simclr" in spaces:

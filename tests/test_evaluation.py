@@ -109,6 +109,37 @@ def test_the_protocol_hash_changes_with_n_and_the_extractor(mnist, fresh_mnist, 
         assert field in base["protocol_detail"]
 
 
+def test_a_knob_of_a_space_not_fitted_leaves_the_evaluator_file_and_the_protocol_as_they_were(mnist, fresh_mnist, evaluator_file,
+                                                                                                tmp_path):
+    """evaluator.pt keeps the recipe of the spaces it holds: a SimCLR knob (or evaluator.space) does not move a
+    classifier's file, so train and evaluate do not re-run for it and its scores stay comparable; its own knobs do."""
+    model, info = evaluator.load(evaluator_file)
+    cfg = EvaluatorConfig(**info["recipe"])
+
+    def saved(name: str, c: EvaluatorConfig) -> bytes:
+        evaluator.save(model, tmp_path / name, info["accuracy"], info["data_sha256"], 28, c, info["seed"])
+        return (tmp_path / name).read_bytes()
+
+    base = saved("a.pt", cfg)
+    assert saved("b.pt", cfg.model_copy(update={"simclr_epochs": 3, "space": "classifier"})) == base
+    assert saved("c.pt", cfg.model_copy(update={"epochs": cfg.epochs + 1})) != base
+    x = fresh_mnist.images[:300]
+    assert run(x, mnist, tmp_path / "b.pt").results["protocol"] == run(x, mnist, tmp_path / "a.pt").results["protocol"]
+
+
+def test_a_classifier_fit_no_better_than_chance_is_refused(mnist):
+    """A diverged fit (a learning rate far too high) predicts one class; its feature space would rate noise as
+    perfect, so fit_evaluator stops with one line instead of saving it."""
+    from ganflow import GanflowError
+
+    torch.manual_seed(0)
+    _, acc = evaluator.fit(mnist.images, mnist.labels, 10, EvaluatorConfig(epochs=1, width=8, batch_size=64, lr=1e6), seed=0)
+    with pytest.raises(GanflowError, match=r"^evaluator: held-out accuracy 0\.\d+ is no better than naming the commonest "
+                                           r"class \(0\.\d+\), so the classifier's fit failed; lower evaluator.lr"):
+        evaluator.refuse_failed_fit(acc, mnist.labels, 0.1, 0)
+    evaluator.refuse_failed_fit(0.85, mnist.labels, 0.1, 0)  # a working fit passes
+
+
 @pytest.mark.stage
 def test_training_fid_equals_the_evaluate_path(mnist, evaluator_file, tmp_path):
     from ganflow.nets import NetConfig, build

@@ -42,7 +42,7 @@ def shapes(root: Path, n: int = N, side: int = 64, labelled: bool = False, seed:
 def tiny(folder: Path, resolution: int) -> dict:
     return {
         "prepare": {"source": "folder", "folder": str(folder), "resolution": resolution, "channels": 3},
-        "evaluator": {"epochs": 1, "width": 8, "batch_size": 64, "simclr_epochs": 1, "simclr_batch_size": 64, "simclr_width": 8},
+        "evaluator": {"epochs": 4, "width": 8, "batch_size": 64, "simclr_epochs": 1, "simclr_batch_size": 64, "simclr_width": 8},
         "train": {"steps": 10, "log_every": 5, "sample_every": 5, "checkpoint_every": 5, "eval_every": 10, "eval_samples": 64},
         "sample": {"n": 96, "batch_size": 64},
         "evaluate": {"kid_subset_size": 32, "bootstrap": 10},

@@ -116,6 +116,16 @@ def fit(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: EvaluatorCo
     return model, accuracy(model, images[val.numpy()], labels[val.numpy()])
 
 
+def refuse_failed_fit(acc: float, labels: np.ndarray, holdout: float, seed: int) -> None:
+    """One line when `fit`'s held-out accuracy is no better than naming the commonest held-out class (a
+    diverged fit predicts one class for all): its feature space would score anything as perfect."""
+    val, _ = split(len(labels), holdout, seed)
+    chance = np.bincount(labels[val]).max() / len(val)
+    if acc <= chance:
+        raise GanflowError(f"evaluator: held-out accuracy {acc:.3f} is no better than naming the commonest class ({chance:.3f}), "
+                           f"so the classifier's fit failed; lower evaluator.lr or raise evaluator.epochs")
+
+
 def accuracy(model: Classifier, images, labels: np.ndarray) -> float:
     return float((predict(model, images) == labels).mean())
 
@@ -162,7 +172,7 @@ def save(model: Classifier | None, path: str | Path, accuracy: float | None, dat
     StackedClassifier is saved as its digit classifier, flagged; `encoder`: the label-free encoder's
     state (simclr.state), kept beside it."""
     obj = {"format": FORMAT, "resolution": resolution, "accuracy": accuracy, "data_sha256": data_sha256,
-           "recipe": cfg.model_dump(), "seed": seed}
+           "recipe": recipe(cfg, model is not None, encoder is not None), "seed": seed}
     if model is not None:
         stacked = isinstance(model, StackedClassifier)
         obj |= {"arch": model.arch, "state_dict": (model.digit if stacked else model).state_dict()}
@@ -170,6 +180,17 @@ def save(model: Classifier | None, path: str | Path, accuracy: float | None, dat
     if encoder is not None:
         obj["encoder"] = encoder
     checkpoint.save(obj, path)
+
+
+CLASSIFIER_KEYS = ("epochs", "batch_size", "lr", "width")  # evaluator.* of the classifier's fit (simclr_*: the encoder's)
+
+
+def recipe(cfg: EvaluatorConfig, classifier: bool, encoder: bool) -> dict:
+    """The evaluator.* values the file was made with: the split's holdout and each fitted space's own. A knob
+    of a space not fitted leaves the file byte-equal, so what depends on it (train, evaluate, the protocol
+    hash that decides which scores compare) does not change with it."""
+    return {k: v for k, v in cfg.model_dump().items()
+            if k == "holdout" or (classifier and k in CLASSIFIER_KEYS) or (encoder and k.startswith("simclr_"))}
 
 
 def spaces(info: dict) -> list[str]:

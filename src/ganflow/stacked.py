@@ -40,6 +40,7 @@ def fit_evaluator(meta: dict, cfg: EvaluatorConfig, seed: int) -> tuple[evaluato
                            f"seed {drawn.get('seed')}, but these params say {cfg.holdout} and {seed}; rerun prepare")
     d = data.mnist_digits(meta["shape"][-1])
     model, acc = evaluator.fit(d.images, d.labels, len(d.classes), cfg, seed)
+    evaluator.refuse_failed_fit(acc, d.labels, cfg.holdout, seed)
     return evaluator.StackedClassifier(model), acc
 
 

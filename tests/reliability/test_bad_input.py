@@ -77,6 +77,7 @@ def args_for(stage, ws, tmp_path):
     [
         ("prepare", "prepare", {"resolution": 48}, "prepare.resolution must be 28, 32, 64 or 128 (got 48)"),
         ("fit_evaluator", "evaluator", {"holdout": 1.5}, "evaluator.holdout must be less than 1 (got 1.5)"),
+        ("fit_evaluator", "evaluator", {"lr": 1e6, "epochs": 1}, "is no better than naming the commonest class"),  # a diverged fit
         ("train", "train", {"lr_g": "fast"}, "train.lr_g must be a valid number (got 'fast')"),
         ("sample", "sample", {"nn": 3}, "unknown key sample.nn (did you mean sample.n?)"),
         ("evaluate", "evaluate", {"batch_size": -5}, "evaluate.batch_size must be greater than 0 (got -5)"),
@@ -249,6 +250,15 @@ def test_too_few_samples(ws, tmp_path, mnist):
     r = run_evaluate(ws, tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "only 100 samples: FID is biased below 2048" in r.stderr
+
+@pytest.mark.stage
+def test_a_missing_generator_file_stops_evaluate_before_any_output(ws, tmp_path, mnist):
+    real_pngs(tmp_path / "samples", mnist.images[:20])
+    args = args_for("evaluate", ws, tmp_path)  # g.pt is not there
+    fails_with(call_stage("evaluate", "--params", str(ws / "params.yaml"), *args),
+               f"{tmp_path / 'g.pt'}: no such generator file (the one the samples came from)")
+    assert not any((tmp_path / f).exists() for f in ("eval.json", "per_class.json", "pairs.png"))
+
 
 @pytest.mark.parametrize("damage, message", [
     (lambda im, lb: (im[:, 0], lb), "images must be uint8 N×C×H×W, got uint8 (1000, 28, 28)"),
