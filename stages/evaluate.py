@@ -5,7 +5,9 @@ encoder) and, when weights can be had, in Inception-v3's."""
 import _checkout  # noqa: F401 - first: this checkout's ganflow, the code dvc.lock hashes
 
 import argparse
+from pathlib import Path
 
+from ganflow import GanflowError
 from ganflow.config import load_params
 from ganflow.evaluation import evaluate_folder, protocol_file, rounded
 from ganflow.io import save_grid, write_json
@@ -29,6 +31,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--run-out", help="output: the MLflow run ids (JSON; dvc.yaml: .ganflow/, untracked: they differ on every re-run)")
     a = ap.parse_args(argv)
     params = load_params(a.params)
+    if not Path(a.generator).is_file():  # its hash names the training run: checked before any work or output
+        raise GanflowError(f"{a.generator}: no such generator file (the one the samples came from)")
 
     tracker = Tracker(params.tracking)  # fails here, before any work, when the store is unusable
     report = evaluate_folder(a.samples, a.prepared, a.evaluator, params, params.sample.seed)
