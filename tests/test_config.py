@@ -87,6 +87,8 @@ def test_check_imports_neither_torch_nor_a_registry():
         ({"train": {"betas": [0.5]}}, "params.yaml: train.betas"),
         ({"prepare": {"resolution": 30}}, "params.yaml: prepare.resolution must be 28, 32, 64 or 128 (got 30)"),
         ({"prepare": {"source": "folder", "folder": ""}}, "params.yaml: prepare.folder string should have at least 1 character"),
+        ({"seed": 2**64}, "params.yaml: seed must be less than 4294967296"),  # k-means and torch take 32/64-bit seeds
+        ({"tracking": {"registered_model": ""}}, "params.yaml: tracking.registered_model string should have at least 1 character"),
         ({"tracking": {"enabled": "yes"}}, "params.yaml: tracking.enabled must be a valid boolean (got 'yes')"),
         ({"evaluate": {"inception": "maybe"}}, "params.yaml: evaluate.inception must be 'auto', 'on' or 'off'"),
     ],

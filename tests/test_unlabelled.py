@@ -78,6 +78,17 @@ def test_folder_rule_violations_are_one_line(tmp_path, layout, message):
     assert str(err.value).startswith(f"prepare.folder {root}: {message}") and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_lab_image_is_read_in_either_channel_count(tmp_path, channels):
+    """PIL converts LAB to RGB but not to L: grayscale goes through RGB (it was refused as unreadable)."""
+    (tmp_path / "lab").mkdir()
+    lab = Image.new("LAB", (28, 28), (128, 100, 150))
+    lab.save(tmp_path / "lab" / "a.tif")
+    ds = prep(tmp_path / "lab", channels=channels)
+    rgb = lab.convert("RGB")
+    assert (ds.images[0, :, 0, 0] == np.asarray(rgb.convert("L") if channels == 1 else rgb)[0, 0]).all()
+
+
 def test_modes_are_converted_as_stated(tmp_path):
     root = tmp_path / "modes"
     root.mkdir()

@@ -264,7 +264,7 @@ class SampleConfig(_Section):
     n: Annotated[int, Field(ge=6, le=10_000_000)] | Literal["auto"] = Field(
         "auto", description="images written to samples/ (at least 6: the k-NN scores use k = 5); auto: 5,000, on stacked-mnist 26,000 (the benchmark's protocol)"
     )
-    seed: Annotated[int, Field(ge=0)] = Field(1, description="image i depends on (seed, i) only")
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(1, description="image i depends on (seed, i) only")
     batch_size: BatchSize = Field(512, description="images generated at a time (rounded to a multiple of 64)")
     classes: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="conditional G: classes to draw, image i gets classes[i % len] (null: all)"
@@ -299,7 +299,7 @@ class TrackingConfig(_Section):
     enabled: bool = Field(True, description="false: no MLflow at all")
     uri: str | None = Field(None, description="null: sqlite:///<project root>/mlflow.db; MLFLOW_TRACKING_URI overrides")
     experiment: Annotated[str, Field(min_length=1)] = Field("ganflow", description="MLflow experiment name")
-    registered_model: str | None = Field(
+    registered_model: Annotated[str, Field(min_length=1)] | None = Field(
         "ganflow-generator", description="the generator is registered under this name (null: not registered)"
     )
     fallback_to_local: bool = Field(False, description="true: an unreachable tracking.uri falls back to the local sqlite store")
@@ -337,7 +337,7 @@ class NodesConfig(_Section):
 class Params(_Section):
     """ganflow parameters: one section per stage"""
 
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="global seed; every RNG of every stage derives from it")
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(0, description="global seed; every RNG of every stage derives from it")
     prepare: PrepareConfig = PrepareConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     train: TrainConfig = TrainConfig()

@@ -182,7 +182,10 @@ def _read_image(path: Path, mode: str) -> torch.Tensor:
                 im = Image.fromarray(a.astype(np.uint8), "L")
             elif im.mode == "F":
                 im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L")
-            im = im.convert(mode)
+            try:
+                im = im.convert(mode)
+            except ValueError:  # a mode PIL converts to RGB only (LAB to L): through RGB
+                im = im.convert("RGB").convert(mode)
             t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
 
