@@ -101,6 +101,7 @@ def test_folder_source_errors(ws, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "corrupt" / "a").mkdir(parents=True)
     (tmp_path / "corrupt" / "a" / "bad.png").write_bytes(b"not a png at all")
+    (tmp_path / "corrupt" / "b").mkdir()  # two classes: one class alone is an error of its own
     for folder, message in cases.values():
         p = with_params(ws, tmp_path, prepare={"source": "folder", "folder": str(folder)})
         r = call_stage("prepare", "--params", p, str(tmp_path / "prepared"), str(tmp_path / "real.png"))
@@ -282,11 +283,14 @@ def test_damaged_prepared_data_is_one_line(ws, tmp_path, damage, message):
 def test_folder_sources_that_cannot_be_scored_stop_at_prepare(ws, tmp_path):
     from PIL import Image
 
-    (tmp_path / "one" / "c0").mkdir(parents=True)
-    Image.new("L", (28, 28)).save(tmp_path / "one" / "c0" / "a.png")
-    (tmp_path / "bomb" / "c0").mkdir(parents=True)
-    for i in range(3):
-        Image.new("L", (28, 28), color=i).save(tmp_path / "bomb" / "c0" / f"{i}.png")
+    def images(folder: Path, n: int) -> None:
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (28, 28), color=i).save(folder / f"{i}.png")
+
+    for name, sizes in {"one": (1, 3), "bomb": (3, 3)}.items():  # two classes each
+        for c, n in enumerate(sizes):
+            images(tmp_path / name / f"c{c}", n)
     Image.new("L", (14000, 14000)).save(tmp_path / "bomb" / "c0" / "huge.png")  # 196 Mpx, a few kB of PNG
     cases = {
         "one": "every class needs at least 2 images; too few in c0 (1)",
