@@ -66,6 +66,16 @@ def test_inception_space_from_a_local_weights_file(mnist, inception_weights):
     assert all(np.isfinite(v) for v in out.values())
 
 
+@pytest.mark.stage
+def test_inception_runs_in_float64_when_asked(mnist, inception_weights):
+    """evaluate.feature_extractor_internal_dtype float64 runs Inception in float64 (torch-fidelity's own text_to_dtype
+    maps it to float32): its features move in the last float32 bits, not more."""
+    x = mnist.images[:8]
+    f32, f64 = (metrics.extract(x, "inception", inception_weights, EvaluateConfig(batch_size=8, feature_extractor_internal_dtype=d), CPU)
+                for d in (None, "float64"))
+    assert not torch.equal(f32.emb, f64.emb) and torch.allclose(f32.emb, f64.emb, rtol=1e-3, atol=1e-5)
+
+
 def _offline(*a, **k):
     raise urllib.error.URLError("offline")
 

@@ -153,7 +153,7 @@ def evaluate(samples: Dataset, ds: ImageSet, evaluator_path: str | Path, incepti
         protocol["prepare"] = ds.preprocess
     if inception is not None:
         protocol |= {"inception_extractor": m.INCEPTION_EXTRACTOR, "inception_weights_sha256": m.file_sha256(inception)[:16],
-                     "inception_resize": m.RESIZE["inception"]}
+                     "inception_resize": m.RESIZE["inception"], "inception_dtype": cfg.feature_extractor_internal_dtype or "float32"}
     results[m.KEY_PROTOCOL] = protocol_hash(protocol)
     if n < m.UNBIASED_FROM:
         log.warning("only %d samples: FID is biased below %d; compare FIDs only at equal N", n, m.UNBIASED_FROM)

@@ -279,6 +279,9 @@ def extract(images: np.ndarray | Dataset, space: Space, weights: str | Path, cfg
     except (RuntimeError, KeyError, ValueError, TypeError) as err:  # a state dict of another net
         why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise GanflowError(f"{weights}: not the weights of the {space} feature extractor ({why})") from None
+    if rgb and cfg.feature_extractor_internal_dtype == "float64":  # torch-fidelity 0.4.0 maps "float64" to float32
+        fe.feature_extractor_internal_dtype = torch.float64  # what its forward casts the input to
+        fe.double()
     out = get_featuresdict_from_dataset(ImageArray(images, rgb), fe, cfg.batch_size, cuda, True, False)
     return Features(out[emb].float(), out[logits].float())
 
