@@ -537,12 +537,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if raw is None:
         raise ConfigError(f"{path}: empty; it must hold the sections {', '.join(Params.model_fields)}")
-    if isinstance(raw, dict):
-        missing = _missing_keys(raw)
-        if missing:
-            more = f" [and {len(missing) - 1} more]" if len(missing) > 1 else ""
-            raise ConfigError(f"{path}: missing key {missing[0]}{more} (params.yaml lists every key; see `ganflow check`)")
-    return parse_params(raw, str(path))
+    params = parse_params(raw, str(path))  # first: a misspelt key is named as unknown (did you mean …), not as missing
+    missing = _missing_keys(raw)
+    if missing:
+        more = f" [and {len(missing) - 1} more]" if len(missing) > 1 else ""
+        raise ConfigError(f"{path}: missing key {missing[0]}{more} (params.yaml lists every key; see `ganflow check`)")
+    return params
 
 
 def flatten(params: BaseModel | dict) -> dict[str, Any]:

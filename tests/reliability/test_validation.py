@@ -30,6 +30,7 @@ STEPS_LINE = next(i for i, line in enumerate((ROOT / "params.yaml").read_text().
 @pytest.mark.parametrize("edit, message", [
     (lambda t: "", "empty; it must hold the sections seed, prepare"),
     (lambda t: t.split("train:")[0] + "sample:" + t.split("sample:")[1], "missing key train (params.yaml lists every key"),
+    (lambda t: t.replace("  lr_g: ", "  lrg: ", 1), "unknown key train.lrg (did you mean train.lr_g?)"),  # README's example
     (lambda t: re.sub(r"(  steps: \d+) ", r"\1\n  steps: 100 ", t, count=1), f"line {STEPS_LINE + 1}, column 3: duplicate key 'steps' (first at line {STEPS_LINE})"),
     (lambda t: t.replace("train:\n", "train: [\n", 1), "not valid YAML at line"),
     (lambda t: t.replace("  ema: 5000.0 ", "  ema: .inf ", 1), "train.ema must be a finite number (got inf)"),
