@@ -216,3 +216,32 @@ def test_logging_the_dataset_prints_no_mlflow_source_warning(tmp_path, monkeypat
     t.end()
     assert not [w for w in caught if "interpreted in multiple ways" in str(w.message)]
     assert [d.dataset.digest for d in MlflowClient().get_run(t.run_id).inputs.dataset_inputs] == ["a" * 16]
+
+
+def test_scores_of_the_best_generator_leave_the_version_of_the_last_one_alone(tmp_path, monkeypatch):
+    """sample.checkpoint best samples generator_best.pt, but the training run registered the last generator:
+    those scores are not the version's, so they get a run of their own and move no alias."""
+    monkeypatch.chdir(tmp_path)
+    generator = trained(tmp_path, "picky")
+    report = Report({"fid_classifier": 1.0, "n_samples": 400, "protocol": "p400"}, {"n_samples": 400}, [], None)
+    params = parse_params({"sample": {"n": 400, "checkpoint": "best"}})
+    out = policy.evaluate_run(tracking.Tracker(TrackingConfig()), params, generator, report, [])
+    train_run = out["mlflow_train_run_id"]
+    assert out["mlflow_run_id"] != train_run and "fid_classifier" not in version(train_run).tags
+    assert "sample.checkpoint: best" in MlflowClient().get_run(out["mlflow_run_id"]).data.tags[tracking.TAG_NOTE]
+
+
+def test_an_experiment_finds_its_own_training_run_among_byte_equal_generators(tmp_path, monkeypatch):
+    """Two DVC experiments can train the same generator bytes; each one's evaluate scores its own run (the newest
+    run of the project otherwise)."""
+    monkeypatch.chdir(tmp_path)
+    runs = {}
+    for name in ("first", "second"):
+        monkeypatch.setenv("DVC_EXP_NAME", name)  # Tracker.start tags it, as under `dvc exp run`
+        generator = trained(tmp_path, "same")  # the same bytes both times
+        runs[name] = tracking.Tracker(TrackingConfig()).find_run(tracking.TAG_GENERATOR, metrics.file_sha256(generator)).info.run_id
+    assert runs["first"] != runs["second"]
+    monkeypatch.setenv("DVC_EXP_NAME", "first")
+    assert evaluate(generator, 5.0)["mlflow_train_run_id"] == runs["first"]
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert evaluate(generator, 5.0)["mlflow_train_run_id"] == runs["second"]  # `dvc repro`: the newest

@@ -242,7 +242,7 @@ def _open_scores_run(tracker: Tracker, run: Any, params: Params, report: Any, ge
     """Open the run the scores go into; True when it is the training run `run` itself (its own evaluation)."""
     train_run = run.info.run_id if run else None
     changed = _changed(run, _eval_params(params))
-    why = _why_not_own(run, changed, report, gen_sha)
+    why = _why_not_own(run, changed, report, gen_sha, params.sample.checkpoint)
     if why is None:
         tracker.start(run_id=train_run)
         return True
@@ -258,11 +258,14 @@ def _changed(run: Any, mine: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in mine.items() if run and run.data.params.get(k) != str(v)}
 
 
-def _why_not_own(run: Any, changed: dict[str, Any], report: Any, gen_sha: str) -> str | None:
+def _why_not_own(run: Any, changed: dict[str, Any], report: Any, gen_sha: str, sampled: str = "last") -> str | None:
     """Why these scores are not the training run's own evaluation (None when they are): no such run in
-    this store, another clone's run, other sample/evaluate params, or another protocol than it was scored under."""
+    this store, samples of the best generator (the run registered the last), another clone's run, other
+    sample/evaluate params, or another protocol than it was scored under."""
     if run is None:
         return f"no finished training run of this generator (sha256 {gen_sha[:12]}) is in this store"
+    if sampled == "best":
+        return "the samples came from the best generator (sample.checkpoint: best), and the run registered the last one"
     if run.data.tags.get(TAG_PROJECT) != str(project_root()):
         return f"the training run belongs to another clone ({run.data.tags.get(TAG_PROJECT, 'unknown')})"
     if changed:

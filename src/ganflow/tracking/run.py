@@ -5,13 +5,14 @@ raises because of the store (calls from the training loop go through the Outbox)
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
 from ganflow import GanflowError
-from ganflow.tracking.names import TAG_LOGGED_IMAGES, TAG_PROJECT
+from ganflow.tracking.names import TAG_DVC_EXP, TAG_LOGGED_IMAGES, TAG_PROJECT
 from ganflow.tracking.provenance import dvc_tags
 from ganflow.tracking.outbox import Outbox
 from ganflow.tracking.store import Store, connect, first_line, project_root, quiet_mlflow, retry
@@ -116,7 +117,8 @@ class Tracker:
     def find_run(self, tag: str, value: str):
         """The newest FINISHED run of tracking.experiment tagged `tag` = `value` (the MLflow Run, as the
         search returned it), this project's own first (a clone finds the run it made; a teammate's
-        clone, the shared store's run that made the file), or None when there is none to be read."""
+        clone, the shared store's run that made the file) and, under `dvc exp run`, this experiment's own
+        first (two experiments can train byte-equal generators), or None when there is none to be read."""
         if not (self.enabled and value):
             return None
         try:
@@ -125,8 +127,11 @@ class Tracker:
         except Exception as err:
             log.warning("could not search %s for the run tagged %s (%s)", self.uri, tag, first_line(err))
             return None
-        mine = [r for r in runs if r.data.tags.get(TAG_PROJECT) == str(project_root())]
-        return (mine or runs)[0] if runs else None
+        here, exp = str(project_root()), os.environ.get("DVC_EXP_NAME")
+        # newest first within each rank: this experiment's run of this project, this project's, any
+        ranked = sorted(runs, key=lambda r: (r.data.tags.get(TAG_PROJECT) != here,
+                                             bool(exp) and r.data.tags.get(TAG_DVC_EXP) != exp))
+        return ranked[0] if ranked else None
 
     def mark(self, run_id: str, status: str) -> None:
         """Set another run's status (an interrupted attempt that is still RUNNING -> KILLED)."""
