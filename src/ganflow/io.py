@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,9 +98,25 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically, of `obj` with its strings interned: pickle writes a string it has seen again
+    as a reference to it by identity, so the same contents built otherwise (a resumed run's state, read back
+    from disk) would give other bytes."""
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(_interned(obj), buf)
     write_bytes(path, buf.getvalue())
+
+
+def _interned(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):  # OrderedDict state dicts keep their type and _metadata (module versions)
+        out = type(obj)((_interned(k), _interned(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = _interned(obj._metadata)
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(_interned(v) for v in obj)
+    return obj
 
 
 @contextmanager
