@@ -125,3 +125,17 @@ def test_ui_link_opens_the_model_training_layout(capsys):
     runs, registry = capsys.readouterr().out.strip().splitlines()
     assert runs == f"http://127.0.0.1:5123/#/experiments/{exp_id}/runs?workflowType=machine_learning"
     assert registry == "http://127.0.0.1:5123/#/models/ganflow-generator?workflowType=machine_learning"
+
+
+@pytest.mark.stage
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`ganflow deps … | head -1`: the pipe closes before the command writes; it stops quietly (status 141, as
+    a shell reports SIGPIPE), not with a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "ganflow.cli", "deps", "stages/train.py"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err, err

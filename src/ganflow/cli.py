@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     except GanflowError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except BrokenPipeError:  # `ganflow runs | head`: the reader left; stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush of stdout cannot fail again
+        sys.exit(141)
 
 
 def check_params(a) -> None:
@@ -85,8 +89,6 @@ def check_params(a) -> None:
 
 
 def _tracking(params_path: str):
-    import os
-
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from ganflow.config import load_params
     from ganflow.tracking import resolve_uri
@@ -237,7 +239,6 @@ def compare(a) -> None:
 def serve_ui(a) -> None:
     """The UI opens in its GenAI layout unless the link asks for the model-training one (MLflow 3 keeps that
     choice per browser): print such a link, then serve the local store (a server's URL is only printed)."""
-    import os
     import urllib.parse
 
     from ganflow.config import load_params
