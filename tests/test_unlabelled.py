@@ -46,6 +46,12 @@ def test_flat_folder_prepares_unlabelled(tmp_path):
     assert again.labels is None and again.preprocess == meta["preprocess"]
 
 
+def test_an_empty_sub_folder_beside_loose_images_is_no_class(tmp_path):
+    root = folder(tmp_path / "flat")
+    (root / "thumbnails").mkdir()  # empty: no class sub-folder layout, the images stay unlabelled
+    assert prep(root).labels is None
+
+
 def test_class_sub_folders_still_label(tmp_path):
     root = folder(folder(tmp_path / "two", 3, "a"), 3, "b")
     ds = prep(root)

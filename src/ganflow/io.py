@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -110,7 +111,7 @@ def _interned(obj: Any) -> Any:
     if isinstance(obj, str):
         return sys.intern(obj)
     if isinstance(obj, dict):  # OrderedDict state dicts keep their type and _metadata (module versions)
-        out = type(obj)((_interned(k), _interned(v)) for k, v in obj.items())
+        out = (OrderedDict if isinstance(obj, OrderedDict) else dict)((_interned(k), _interned(v)) for k, v in obj.items())
         if hasattr(obj, "_metadata"):
             out._metadata = _interned(obj._metadata)
         return out
