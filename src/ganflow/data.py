@@ -146,9 +146,10 @@ def _folder_layout(root: Path) -> tuple[list[Path], list[str] | None]:
     if deep:
         raise GanflowError(f"prepare.folder {root}: {deep[0].relative_to(root)} is {len(deep[0].relative_to(root).parts) - 1} "
                            f"folders deep ({len(deep)} file(s) so); the rule: {FOLDER_RULE}")
-    subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
-    if subdirs:  # labelled: an empty class folder is a class of no images (refused below), not nothing
-        subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # labelled when any image sits in a sub-folder: then every sub-folder is a class, an empty one a class of
+    # no images (refused below); an empty sub-folder beside loose images is nothing
+    labelled = any(p.parent != root for p in files)
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if labelled else []
     loose = [p for p in files if p.parent == root]
     if subdirs and loose:
         raise GanflowError(

@@ -258,7 +258,7 @@ def _changed(run: Any, mine: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in mine.items() if run and run.data.params.get(k) != str(v)}
 
 
-def _why_not_own(run: Any, changed: dict[str, Any], report: Any, gen_sha: str, sampled: str = "last") -> str | None:
+def _why_not_own(run: Any, changed: dict[str, Any], report: Any, gen_sha: str, sampled: str) -> str | None:
     """Why these scores are not the training run's own evaluation (None when they are): no such run in
     this store, samples of the best generator (the run registered the last), another clone's run, other
     sample/evaluate params, or another protocol than it was scored under."""
