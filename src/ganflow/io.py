@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import math
 import os
 import shutil
 import sys
@@ -95,7 +97,24 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """`obj` as JSON, atomically. A NaN or infinite float (a score that could not be computed) is written as
+    null, with a warning naming its key: a bare NaN is not JSON, and `dvc metrics show` could not read the file."""
+    bad: list[str] = []
+
+    def finite(o: Any, key: str) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            bad.append(key)
+            return None
+        if isinstance(o, dict):
+            return {k: finite(v, f"{key}.{k}" if key else str(k)) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [finite(v, f"{key}[{i}]") for i, v in enumerate(o)]
+        return o
+
+    obj = finite(obj, "")
+    if bad:
+        logging.getLogger("ganflow.io").warning("%s: %s not finite, written as null", path, ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 def torch_save(obj: Any, path: str | Path) -> None:

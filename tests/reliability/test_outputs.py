@@ -24,6 +24,16 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_target_is_kept(tmp_path
         assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
 
 
+def test_a_score_that_is_not_finite_is_written_as_null_and_named(tmp_path, caplog):
+    import json
+    import math
+
+    target = tmp_path / "eval.json"
+    io.write_json(target, {"fid": math.nan, "kid": 0.5, "rows": [{"fid": math.inf}, {"fid": 1.0}]})
+    assert json.loads(target.read_text()) == {"fid": None, "kid": 0.5, "rows": [{"fid": None}, {"fid": 1.0}]}
+    assert f"{target}: fid, rows[0].fid not finite, written as null" in caplog.text
+
+
 def test_outputs_respect_the_umask(tmp_path):
     old = os.umask(0o027)
     try:
