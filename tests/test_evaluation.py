@@ -109,6 +109,7 @@ def test_the_protocol_hash_changes_with_n_and_the_extractor(mnist, fresh_mnist, 
         assert field in base["protocol_detail"]
 
 
+@pytest.mark.stage  # fits a classifier / encoder (session fixture): too slow for the unit tier
 def test_a_knob_of_a_space_not_fitted_leaves_the_evaluator_file_and_the_protocol_as_they_were(mnist, fresh_mnist, evaluator_file,
                                                                                                 tmp_path):
     """evaluator.pt keeps the recipe of the spaces it holds: a SimCLR knob (or evaluator.space) does not move a
@@ -270,6 +271,7 @@ def test_the_generator_never_sees_the_held_out_images(tmp_path, mnist):
     assert len(heldout) == 100 and len(train) == 900
 
 
+@pytest.mark.stage  # fits a classifier / encoder (session fixture): too slow for the unit tier
 def test_compare_reads_the_protocol_beside_eval_json(project, tmp_path):
     """The evaluate stage writes the protocol's fields to protocol.json beside eval.json (not a metrics file):
     compare names the differing fields from there, and only when that file holds the same protocol hash

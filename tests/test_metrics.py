@@ -152,6 +152,7 @@ def _plant(path, emb, logits, key=None):
         np.savez(f, emb=emb, logits=logits, **({} if key is None else {"key": np.array(key)}))
 
 
+@pytest.mark.stage  # fits a classifier / encoder (session fixture): too slow for the unit tier
 def test_a_planted_well_formed_cache_is_not_trusted(mnist, evaluator_file, caplog):
     """S3: an npz of the right shapes planted under the cache name gave FID 0.0; C7: one with the wrong row
     count gave an IndexError. Each is ignored with a warning and rewritten, also when it copies the key."""

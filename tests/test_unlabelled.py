@@ -159,6 +159,7 @@ def hidden(mnist_5k, tmp_path_factory):
     return mnist_5k, train, heldout, path
 
 
+@pytest.mark.stage  # fits a classifier / encoder (session fixture): too slow for the unit tier
 def test_extractor_is_registered_with_torch_fidelity(hidden):
     import torch_fidelity
 
@@ -178,12 +179,14 @@ def test_extractor_is_registered_with_torch_fidelity(hidden):
         assert ours[f"{stem}_simclr"] == pytest.approx(theirs[k], rel=1e-5), stem
 
 
+@pytest.mark.stage  # fits a classifier / encoder (session fixture): too slow for the unit tier
 def test_real_vs_real_sits_at_the_floor(hidden):
     ds, train, heldout, path = hidden
     f = bench.floor(ds, train, heldout, "simclr", path, reps=50)
     assert f["low"] <= 0 < f["fd"]  # the basic bootstrap interval reaches 0: indistinguishable from no difference
 
 
+@pytest.mark.stage  # fits a classifier / encoder (session fixture): too slow for the unit tier
 def test_fd_rises_monotonically_with_each_degradation(hidden):
     ds, train, heldout, path = hidden
     table = bench.degradations(ds, train, heldout, "simclr", path, 2000)
@@ -212,6 +215,7 @@ def test_ranks_generator_snapshots_like_the_classifier_space(hidden, tmp_path):
 
 
 # -- evaluation in the space ----------------------------------------------------------------------
+@pytest.mark.stage  # fits a classifier / encoder (session fixture): too slow for the unit tier
 def test_unlabelled_evaluation_names_the_space_and_skips_class_metrics(hidden, tmp_path, caplog):
     from ganflow.evaluation import evaluate
 
